@@ -1,0 +1,1 @@
+"""Everything that touches the UNet's attention; installed only on ``model.clone()``."""

@@ -1,0 +1,34 @@
+"""INVERSION: a PNI (Proximal Negative-Prompt Inversion) trajectory and what sampling needs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import input_error
+
+PROX_MODES = ("L1", "L0")
+
+
+@dataclass(frozen=True)
+class Inversion:
+    sigmas: torch.Tensor        # sampling schedule, descending, n + 1 values
+    trajectory: tuple           # model-space latents z*_t per sigma, aligned with ``sigmas`` (z*_T first, z_0 last)
+    source_cond: Any            # the source CONDITIONING (used as the negative prompt)
+    cfg: float
+    lam: float                  # lambda of prox_lambda
+    prox: str                   # "L1" (soft threshold) or "L0" (hard threshold)
+    eta: float                  # inversion-guidance step size
+    guidance_until: int         # inversion guidance applies for steps < guidance_until
+
+    def validate(self, node: str = "INVERSION", input_name: str = "inversion") -> "Inversion":
+        if self.prox not in PROX_MODES:
+            raise input_error(node, input_name, f"prox mode {self.prox!r} is not one of {PROX_MODES}")
+        if not (self.lam >= 0 and self.eta >= 0 and self.cfg > 0):
+            raise input_error(node, input_name, f"lambda ({self.lam}) and eta ({self.eta}) must be >= 0 and cfg ({self.cfg}) > 0")
+        if len(self.trajectory) != len(self.sigmas):
+            raise input_error(node, input_name, f"trajectory has {len(self.trajectory)} latents for {len(self.sigmas)} sigmas")
+        if not (0 <= self.guidance_until <= len(self.sigmas) - 1):
+            raise input_error(node, input_name, f"guidance_until {self.guidance_until} is outside 0..{len(self.sigmas) - 1}")
+        return self

@@ -1,0 +1,40 @@
+"""Fixtures for the three layers (+ browser): unit (pure torch), host (real ComfyUI in-process),
+http (a real ComfyUI server), browser (the real frontend in headless Chromium)."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+harness.import_pack()  # the repo as package ``dragfusion`` for unit tests
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        layer = os.path.basename(os.path.dirname(str(item.fspath)))
+        if layer in ("unit", "host", "http", "browser"):
+            item.add_marker(getattr(pytest.mark, layer))
+
+
+@pytest.fixture(scope="session")
+def host():
+    """The real ComfyUI ``nodes`` module with the pack loaded in this process."""
+    return harness.load_host()
+
+
+@pytest.fixture(scope="session")
+def server():
+    """One real ComfyUI server for the whole session, with the shared data linked into input/."""
+    harness.ensure_data_link()
+    s = harness.Server().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    if not os.path.isdir(harness.DATA):
+        pytest.skip(f"shared data not found at {harness.DATA}")
+    return harness.DATA

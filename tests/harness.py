@@ -1,0 +1,172 @@
+"""Shared test harness: the real ComfyUI host in-process and as a real server over HTTP.
+
+Nothing here stubs ComfyUI: the host is the one scripts/setup installed (or COMFYUI_DIR).
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR") or os.path.join(REPO, ".host", "ComfyUI")
+DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+TINY_CKPT = "dragfusion_tiny_sd15.safetensors"
+PACK_PREFIX = "DragFusion"
+
+
+def import_pack(name: str = "dragfusion"):
+    """Import the repo as a package (for pure-torch unit tests) without ComfyUI on the path."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "__init__.py"),
+                                                  submodule_search_locations=[REPO])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_HOST = {}
+
+
+def load_host():
+    """Import the real ComfyUI in this process (CPU) and load the custom nodes; returns ``nodes``."""
+    if "nodes" in _HOST:
+        return _HOST["nodes"]
+    if not os.path.isfile(os.path.join(COMFYUI_DIR, "main.py")):
+        raise RuntimeError(f"no ComfyUI at {COMFYUI_DIR}: run scripts/setup")
+    if COMFYUI_DIR not in sys.path:
+        sys.path.insert(0, COMFYUI_DIR)
+    from comfy.cli_args import args
+    args.cpu = True
+    import comfy.model_management  # noqa: F401  (after args.cpu)
+    import nodes
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    _HOST["nodes"] = nodes
+    return nodes
+
+
+def run_node(node_id: str, **inputs):
+    """Execute one node class of the real host as the executor does; returns the NodeOutput."""
+    nodes = load_host()
+    cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+    clone = cls.PREPARE_CLASS_CLONE({})
+    return clone.EXECUTE_NORMALIZED(**inputs)
+
+
+def pack_node_ids(nodes_module) -> list[str]:
+    return sorted(k for k in nodes_module.NODE_CLASS_MAPPINGS if k.startswith(PACK_PREFIX))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real ComfyUI server process on 127.0.0.1 with the pack loaded."""
+
+    def __init__(self, port: int | None = None, extra_args: tuple = ()):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.log_path = os.path.join(REPO, ".host", f"server-{self.port}.log")
+
+    def start(self, timeout: float = 120.0) -> "Server":
+        python = os.environ.get("DRAGFUSION_PYTHON") or sys.executable
+        cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--disable-auto-launch", *self.extra_args]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}; log: {self.log_path}\n{self.log_tail()}")
+            try:
+                self.get("/system_stats", timeout=2)
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {timeout}s; log: {self.log_path}\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()[-n:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def get(self, path: str, timeout: float = 30):
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            body = r.read()
+        return json.loads(body) if body else None
+
+    def post(self, path: str, payload, timeout: float = 30):
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                body = r.read()
+        except urllib.error.HTTPError as e:
+            return {"http_error": e.code, "body": json.loads(e.read() or b"null")}
+        return json.loads(body) if body else None
+
+    def queue(self, prompt: dict) -> dict:
+        """POST /prompt; returns the server's answer (prompt_id or the validation error)."""
+        return self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            h = self.get(f"/history/{prompt_id}")
+            if h and prompt_id in h and h[prompt_id].get("status", {}).get("completed") is not None:
+                st = h[prompt_id]["status"]
+                if st.get("status_str") in ("success", "error"):
+                    return h[prompt_id]
+            time.sleep(0.2)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s\n{self.log_tail()}")
+
+    def run(self, prompt: dict, timeout: float = 600) -> dict:
+        r = self.queue(prompt)
+        if "prompt_id" not in r:
+            raise AssertionError(f"prompt rejected at validation: {json.dumps(r)[:2000]}")
+        return self.wait(r["prompt_id"], timeout)
+
+
+def execution_error(history: dict) -> dict | None:
+    for kind, msg in history.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return msg
+    return None
+
+
+def ensure_data_link(comfyui_dir: str = COMFYUI_DIR) -> str:
+    """The shared data, visible in the host's input folder as dragfusion_data/."""
+    link = os.path.join(comfyui_dir, "input", "dragfusion_data")
+    if not os.path.exists(link) and os.path.isdir(DATA):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(DATA, link)
+    return link
