@@ -18,7 +18,8 @@ FORMATS = {
     "DragBench": ("original_image.png", "drag_instruction.json"),
     "Drag100": ("original.jpg", "points.json"),
 }
-SIZES = ("original", "fit 512 (multiple of 8)")
+SIZES = ("original", "fit 512 (multiple of 8)", "fit 768 (multiple of 8)", "fit 256 (multiple of 8)",
+         "fit 128 (multiple of 8)")
 
 
 def safe_sample_dir(sample: str, base: str) -> str:
@@ -72,7 +73,7 @@ def load_sample(path: str, size: str = "original"):
         raise input_error(NODE, "sample", f"{instruction_file} must hold a JSON object")
     points = DragPoints.from_flat(instr.get("points"), w, h, NODE, "sample")
     if size != "original":
-        nw, nh = fit_size(w, h)
+        nw, nh = fit_size(w, h, int(size.split()[1]))
         img = img.resize((nw, nh), Image.LANCZOS)
         mask = mask.resize((nw, nh), Image.NEAREST)
         points = points.scaled(nw, nh)
@@ -97,8 +98,8 @@ class LoadDragBenchSample(io.ComfyNode):
                 io.String.Input("sample", default="dragfusion_data/dragbench-dev/animals/JH_2023-09-14-1820-16",
                                 tooltip="Sample folder, relative to ComfyUI's input folder (no '..', no absolute path)."),
                 io.Combo.Input("size", options=list(SIZES), default=SIZES[0],
-                               tooltip="'original' keeps the file's size; 'fit 512' scales image, mask and points so the "
-                                       "longer side is 512 and both sides are multiples of 8 (what the VAE needs)."),
+                               tooltip="'original' keeps the file's size; 'fit N' scales image, mask and points so the "
+                                       "longer side is N and both sides are multiples of 8 (what the VAE needs)."),
             ],
             outputs=[
                 io.Image.Output(display_name="image"),
