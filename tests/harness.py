@@ -81,6 +81,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = list(extra_args)
         self.proc = None
+        os.makedirs(os.path.join(REPO, ".host"), exist_ok=True)
         self.log_path = os.path.join(REPO, ".host", f"server-{self.port}.log")
 
     def start(self, timeout: float = 120.0) -> "Server":
