@@ -2,7 +2,23 @@
 
 Queries and keys (and optionally values) of chosen self-attention layers at chosen inversion
 steps, heads kept, fp16 -- never the tokens x tokens map. Attention rows are computed later, in
-chunks, by :func:`attention_rows`.
+chunks, by :meth:`AttnCapture.rows` (see :mod:`attention_rows`).
+
+The contract:
+
+- ``q[(step, layer)]``, ``k[(step, layer)]`` (and ``v`` when asked): ``[B, heads, tokens, dim]``
+  fp16 on ComfyUI's intermediate device, the conditional half of the batch only. ``layer`` is a
+  string ``"block.number.index"``, e.g. ``"input.1.0"``, ``"output.0.0"``: the block name and
+  number of ``extra_options["block"]`` plus the transformer block index -- the same triple as
+  ``ModelPatcher.set_model_attn1_replace(patch, block, number, index)``.
+  ``layer_hw[layer] = (h, w)`` is that layer's token grid (tokens = h * w, row-major).
+- ``trajectory``: model-space latents (after ``process_latent_in``); ``trajectory[0]`` is the
+  clean latent z0, ``trajectory[-1]`` the latent at the edit step. Inversion step ``j`` goes from
+  ``trajectory[j]`` to ``trajectory[j + 1]``, i.e. from ``sigmas[n - j]`` up to ``sigmas[n - j - 1]``.
+- ``steps``: the inversion steps ``j`` whose UNet call was captured; ``step_sigmas[j]`` is the
+  sigma (float) at which that UNet call was evaluated (``max(sigmas[n - j], sigma_min)``).
+- ``sigmas``: the full descending n-step schedule (n + 1 values, last 0); ``edit_step``: sampling
+  resumes at ``sigmas[edit_step]`` (KSamplerAdvanced ``start_at_step``); ``latent_hw = (h, w)``.
 """
 from __future__ import annotations
 
@@ -10,22 +26,27 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .attention_rows import DEFAULT_MAX_ELEMENTS, attention_rows, grid_position, upsample_rows
 from .errors import input_error
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class AttnCapture:
     latent_hw: tuple            # (h, w) of the latent grid
     sigmas: torch.Tensor        # the full n-step sampling schedule, descending, n + 1 values
-    edit_step: int              # index into sigmas where the edit happens
+    edit_step: int              # index into sigmas where the edit happens (sampling resumes there)
     trajectory: tuple           # model-space latents along the inversion, clean latent first
-    steps: tuple                # captured inversion steps (indices into trajectory)
-    layers: tuple               # layer keys "input.1.0" = (block, block number, transformer index)
+    steps: tuple                # captured inversion steps j (step j: trajectory[j] -> trajectory[j + 1])
+    layers: tuple               # layer keys "input.1.0" = (block, block number, transformer block index)
     layer_hw: dict              # layer key -> (h, w) token grid of that layer
     q: dict                     # (step, layer) -> [B, heads, tokens, dim] fp16
     k: dict
     v: dict = field(default_factory=dict)
+    step_sigmas: dict = field(default_factory=dict)   # step j -> sigma (float) of that UNet call
+    scheduler: str = ""         # ComfyUI scheduler name the sigmas came from
+    cfg: float = 1.0            # CFG scale used during the inversion
 
+    # ----------------------------------------------------------------------------------- checks
     def validate(self, node: str = "ATTN_CAPTURE", input_name: str = "capture") -> "AttnCapture":
         if not self.steps or not self.layers:
             raise input_error(node, input_name, "the capture holds no steps or no layers; capture at least one step of one self-attention layer")
@@ -35,4 +56,87 @@ class AttnCapture:
         for key in ((s, l) for s in self.steps for l in self.layers):
             if key not in self.q or key not in self.k:
                 raise input_error(node, input_name, f"step {key[0]} of layer {key[1]} is missing from the capture")
+        for layer in self.layers:
+            if layer not in self.layer_hw:
+                raise input_error(node, input_name, f"layer {layer} has no token grid in layer_hw")
+        if self.trajectory:
+            last = len(self.trajectory) - 2
+            bad = [s for s in self.steps if not (0 <= s <= last)]
+            if bad:
+                raise input_error(node, input_name, f"captured steps {bad} are outside the inversion's steps 0..{last}")
         return self
+
+    # ------------------------------------------------------------------------------ positions
+    @property
+    def tokens(self) -> int:
+        return int(self.latent_hw[0]) * int(self.latent_hw[1])
+
+    def position(self, x: int, y: int) -> int:
+        """Flat index of latent cell (x, y) (x right, y down): ``y * w + x``."""
+        h, w = self.latent_hw
+        if not (0 <= x < w and 0 <= y < h):
+            raise ValueError(f"latent cell ({x}, {y}) is outside the {w}x{h} latent grid")
+        return int(y) * int(w) + int(x)
+
+    def nbytes_per_step(self, step: int | None = None) -> int:
+        """Bytes of q, k (and v) held for one captured step."""
+        step = self.steps[0] if step is None else step
+        return sum(t.numel() * t.element_size() for bank in (self.q, self.k, self.v)
+                   for (s, _), t in bank.items() if s == step)
+
+    # ----------------------------------------------------------------------------------- rows
+    def rows(self, positions, steps=None, layers=None, reduce_steps: bool = True,
+             max_elements: int = DEFAULT_MAX_ELEMENTS, device=None,
+             node: str = "ATTN_CAPTURE", input_name: str = "positions") -> torch.Tensor:
+        """Head-averaged self-attention rows of latent cells over the whole latent grid.
+
+        positions: LongTensor ``[P]`` of flat latent-cell indices ``y * w + x`` on ``latent_hw``.
+        steps / layers: subsets of ``self.steps`` / ``self.layers`` (default: all captured).
+        Returns float32 ``[B, P, h*w]`` averaged over the steps, or ``[S, B, P, h*w]`` with
+        ``reduce_steps=False`` (steps in the order given). Per step: softmax per head, mean over
+        heads, mean over layers. A layer on a coarser grid maps each position by floor scaling
+        and its row is nearest-upsampled to the latent grid and divided by the upsampling area,
+        so every row sums to 1. Memory is bounded by ``max_elements`` scores per chunk.
+        """
+        h, w = (int(v) for v in self.latent_hw)
+        positions = torch.as_tensor(positions)
+        if positions.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
+            raise input_error(node, input_name, f"positions must be integer cell indices, got dtype {positions.dtype}")
+        positions = positions.to(torch.long).reshape(-1)
+        if positions.numel() == 0:
+            raise input_error(node, input_name, "no positions given; pass at least one flat latent-cell index y*w+x")
+        if int(positions.min()) < 0 or int(positions.max()) >= h * w:
+            raise input_error(node, input_name, f"positions must be in 0..{h * w - 1} (y*w+x on the {w}x{h} latent grid), got {int(positions.min())}..{int(positions.max())}")
+        steps = tuple(self.steps) if steps is None else tuple(int(s) for s in ([steps] if isinstance(steps, int) else steps))
+        layers = tuple(self.layers) if layers is None else tuple([layers] if isinstance(layers, str) else layers)
+        if not steps or not layers:
+            raise input_error(node, "steps" if not steps else "layers", "empty selection; choose at least one captured step and layer")
+        for s in steps:
+            if s not in self.steps:
+                raise input_error(node, "steps", f"step {s} was not captured; captured steps are {list(self.steps)}")
+        for l in layers:
+            if l not in self.layers:
+                raise input_error(node, "layers", f"layer {l!r} was not captured; captured layers are {list(self.layers)}")
+        out = []
+        for s in steps:
+            acc = None
+            for l in layers:
+                lhw = tuple(int(v) for v in self.layer_hw[l])
+                lpos = grid_position(positions, (h, w), lhw)
+                r = attention_rows(self.q[(s, l)], self.k[(s, l)], lpos, max_elements=max_elements, device=device)
+                r = upsample_rows(r, lhw, (h, w))
+                acc = r if acc is None else acc.add_(r)
+            out.append(acc.div_(len(layers)))
+        if reduce_steps:
+            total = out[0]
+            for r in out[1:]:
+                total.add_(r)
+            return total.div_(len(out))
+        return torch.stack(out)
+
+    def __repr__(self) -> str:
+        h, w = self.latent_hw
+        b = next(iter(self.q.values())).shape[0] if self.q else 0
+        return (f"AttnCapture(latent {w}x{h}, batch {b}, {len(self.sigmas) - 1}-step {self.scheduler or 'custom'} "
+                f"schedule, edit_step {self.edit_step}, steps {list(self.steps)}, layers {list(self.layers)}, "
+                f"v {'yes' if self.v else 'no'}, cfg {self.cfg:g})")
