@@ -78,7 +78,7 @@ def main():
 
     sd = build_state_dict(torch)
     tmp = a.out + ".tmp"
-    save_file(sd, tmp, metadata={"format": "pt", "dragfusion": "tiny random SD1.5 test checkpoint"})
+    save_file(sd, tmp, metadata={"format": "pt"})
     os.replace(tmp, a.out)
     n = sum(v.numel() for k, v in sd.items() if k.startswith("model.diffusion_model."))
     print(f"wrote {a.out} ({os.path.getsize(a.out) / 2**20:.0f} MiB, UNet {n / 1e6:.1f} M parameters)")
