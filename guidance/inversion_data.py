@@ -20,7 +20,8 @@ class Inversion:
     lam: float                  # lambda of prox_lambda
     prox: str                   # "L1" (soft threshold) or "L0" (hard threshold)
     eta: float                  # inversion-guidance step size
-    guidance_until: int         # inversion guidance applies for steps < guidance_until
+    guidance_until: int         # inversion guidance applies for sampling steps i < guidance_until (i = 0: noisiest)
+    scheduler: str = ""         # the ComfyUI scheduler that made ``sigmas`` (for display / re-use)
 
     def validate(self, node: str = "INVERSION", input_name: str = "inversion") -> "Inversion":
         if self.prox not in PROX_MODES:
@@ -29,6 +30,17 @@ class Inversion:
             raise input_error(node, input_name, f"lambda ({self.lam}) and eta ({self.eta}) must be >= 0 and cfg ({self.cfg}) > 0")
         if len(self.trajectory) != len(self.sigmas):
             raise input_error(node, input_name, f"trajectory has {len(self.trajectory)} latents for {len(self.sigmas)} sigmas")
+        if len(self.sigmas) < 2 or not bool((self.sigmas[1:] < self.sigmas[:-1]).all()) or float(self.sigmas[-1]) != 0.0:
+            raise input_error(node, input_name, "sigmas must be strictly descending and end at 0")
         if not (0 <= self.guidance_until <= len(self.sigmas) - 1):
             raise input_error(node, input_name, f"guidance_until {self.guidance_until} is outside 0..{len(self.sigmas) - 1}")
         return self
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def guidance(self):
+        """A fresh per-run PNIGuidance (guidance/pni.py) for this inversion."""
+        from .pni import PNIGuidance
+        return PNIGuidance(self.sigmas, self.trajectory, self.cfg, self.lam, self.prox, self.eta, self.guidance_until)

@@ -1,0 +1,253 @@
+"""Proximal Negative-Prompt Inversion (VersaFusion, Algorithm 1; Eq. 8-10), pure torch.
+
+Everything works in ComfyUI's sigma space (k-diffusion convention) for epsilon models:
+
+    x = x0 + sigma * eps,        eps = (x - denoised) / sigma,        denoised = x - sigma * eps
+
+where x = z / sqrt(alpha_bar) and sigma = sqrt((1 - alpha_bar) / alpha_bar). In this space the
+deterministic DDIM update (Algorithm 1, lines 8-9) is ``x_next = x0_hat + sigma_next * eps`` and DDIM
+inversion is the same update with sigma_next > sigma. The inversion-guidance step (line 11) is linear,
+so it reads the same in x as in z.
+
+One function per equation / algorithm line:
+
+    prox_l1_soft_threshold   Eq. 9   (prox of lambda*||.||_1)
+    prox_l0_hard_threshold   Eq. 10  (prox of lambda*||.||_0, threshold sqrt(2*lambda))
+    prox                     Eq. 8   (dispatch by mode)
+    proximal_guided_noise    Alg. 1 line 6: eps = eps_src + w * prox(eps_tar - eps_src)
+    unedited_mask            Alg. 1 line 7: M = |eps_tar - eps_src| <= lambda
+    inversion_guidance_step  Alg. 1 line 11: z <- z - eta * M * (z - z*)
+    ddim_step                Alg. 1 lines 8-9 in sigma space (either direction)
+    ddim_inversion_step      Alg. 1 line 1, one step upwards
+    ddim_invert / ddim_sample / pni_sample   reference loops over a given eps function
+
+``PNIGuidance`` is the per-step logic of PNI sampling expressed on the model's *denoised* predictions,
+the quantity a ComfyUI guider returns: given x, sigma and the source / target denoised predictions it
+returns the denoised prediction whose DDIM step lands exactly on the PNI-guided latent. The PNI Guider
+node uses it; a dual-branch sampler uses it for its reconstruction branch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .inversion_data import PROX_MODES
+
+
+# --- Eq. 8-10: proximal operators -------------------------------------------------------------
+
+def prox_l1_soft_threshold(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Eq. 9: [S_lambda(x)]_i = x_i - lambda if x_i > lambda; 0 if |x_i| <= lambda; x_i + lambda if x_i < -lambda.
+
+    The closed form of argmin_z 0.5*||z - x||^2 + lambda*||z||_1.
+    """
+    if lam < 0:
+        raise ValueError(f"lambda must be >= 0, got {lam}")
+    return torch.sign(x) * torch.clamp(x.abs() - lam, min=0)
+
+
+def prox_l0_hard_threshold(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Eq. 10: [prox_{lambda,L0}(x)]_i = x_i if |x_i| > sqrt(2*lambda) else 0.
+
+    The closed form of argmin_z 0.5*||z - x||^2 + lambda*||z||_0 (at |x_i| = sqrt(2 lambda) both 0 and x_i
+    are minimisers; Eq. 10 keeps 0, so does this function).
+    """
+    if lam < 0:
+        raise ValueError(f"lambda must be >= 0, got {lam}")
+    return torch.where(x.abs() > math.sqrt(2.0 * lam), x, torch.zeros_like(x))
+
+
+def prox(x: torch.Tensor, lam: float, mode: str = "L1") -> torch.Tensor:
+    """Eq. 8: prox_{lambda, L_p}(x) = argmin_z 0.5*||z - x||_2^2 + lambda*||z||_p for p in {1, 0}."""
+    if mode == "L1":
+        return prox_l1_soft_threshold(x, lam)
+    if mode == "L0":
+        return prox_l0_hard_threshold(x, lam)
+    raise ValueError(f"prox mode {mode!r} is not one of {PROX_MODES}")
+
+
+# --- Algorithm 1, lines 6, 7, 11 --------------------------------------------------------------
+
+def proximal_guided_noise(eps_src: torch.Tensor, eps_tar: torch.Tensor, cfg: float, lam: float,
+                          mode: str = "L1") -> torch.Tensor:
+    """Algorithm 1 line 6: eps~ = eps_src + w * prox_lambda(eps_tar - eps_src).
+
+    The source prompt plays the negative prompt; with lambda = 0 this is plain CFG
+    eps_src + w*(eps_tar - eps_src)."""
+    return eps_src + cfg * prox(eps_tar - eps_src, lam, mode)
+
+
+def unedited_mask(eps_src: torch.Tensor, eps_tar: torch.Tensor, lam: float) -> torch.Tensor:
+    """Algorithm 1 line 7: M = |eps_tar - eps_src| <= lambda, element-wise, as a float 0/1 tensor."""
+    return ((eps_tar - eps_src).abs() <= lam).to(eps_src.dtype)
+
+
+def inversion_guidance_step(z: torch.Tensor, z_star: torch.Tensor, mask: torch.Tensor, eta: float) -> torch.Tensor:
+    """Algorithm 1 line 11: z <- z - eta * M * (z - z*). eta = 1 replaces the masked entries by z*."""
+    return z - eta * mask * (z - z_star)
+
+
+# --- DDIM in ComfyUI's sigma space ------------------------------------------------------------
+
+def _bcast(sigma, like: torch.Tensor) -> torch.Tensor:
+    s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    if s.ndim == 0 or s.numel() == 1:
+        return s.reshape(())
+    return s.reshape(s.shape[:1] + (1,) * (like.ndim - 1))
+
+
+def eps_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma) -> torch.Tensor:
+    """eps = (x - denoised) / sigma (sigma > 0)."""
+    return (x - denoised) / _bcast(sigma, x)
+
+
+def denoised_from_eps(x: torch.Tensor, eps: torch.Tensor, sigma) -> torch.Tensor:
+    """denoised = x - sigma * eps."""
+    return x - _bcast(sigma, x) * eps
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
+    """Algorithm 1 lines 8-9 in sigma space: x0^ = x - sigma*eps; x_next = x0^ + sigma_next*eps.
+
+    Identical to ComfyUI's euler / ddim sampler step for an eps model; with sigma_next > sigma it is one
+    DDIM inversion step."""
+    return denoised_from_eps(x, eps, sigma) + _bcast(sigma_next, x) * eps
+
+
+def ddim_inversion_step(x: torch.Tensor, eps: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
+    """One DDIM inversion step (Algorithm 1 line 1), sigma < sigma_next: x_next = x + (sigma_next - sigma)*eps.
+
+    The usual approximation takes eps from the model at the *higher* sigma_next on the current x (as the
+    diffusers / null-text-inversion code does), which also avoids evaluating the model at sigma = 0."""
+    if float(torch.as_tensor(sigma_next).max()) < float(torch.as_tensor(sigma).min()):
+        raise ValueError("ddim_inversion_step walks upwards: sigma_next must be >= sigma")
+    return ddim_step(x, eps, sigma, sigma_next)
+
+
+EpsFn = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def ddim_invert(eps_fn: EpsFn, x0: torch.Tensor, sigmas: Sequence[float]) -> list[torch.Tensor]:
+    """DDIM inversion along a *descending* sampling schedule ``sigmas`` (sigma_max ... 0).
+
+    Walks the sigmas upwards; ``eps_fn(x, sigma)`` is evaluated at the higher sigma of each step.
+    Returns the trajectory aligned with ``sigmas``: [x*_T, ..., x*_0 = x0]."""
+    sig = [float(s) for s in sigmas]
+    traj = [x0]
+    x = x0
+    for k in range(len(sig) - 1, 0, -1):
+        lo, hi = sig[k], sig[k - 1]
+        x = ddim_inversion_step(x, eps_fn(x, hi), lo, hi)
+        traj.append(x)
+    return traj[::-1]
+
+
+def ddim_sample(eps_fn: EpsFn, x_T: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+    """Deterministic DDIM sampling along descending ``sigmas``; eps_fn evaluated at the current sigma."""
+    sig = [float(s) for s in sigmas]
+    x = x_T
+    for i in range(len(sig) - 1):
+        x = ddim_step(x, eps_fn(x, sig[i]), sig[i], sig[i + 1])
+    return x
+
+
+def pni_sample(eps_src_fn: EpsFn, eps_tar_fn: EpsFn, trajectory: Sequence[torch.Tensor], sigmas: Sequence[float],
+               cfg: float, lam: float, mode: str = "L1", eta: float = 0.0, guidance_until: int | None = None
+               ) -> torch.Tensor:
+    """Algorithm 1 (lines 2-14) as a plain loop, in sigma space. Reference for tests and benchmarks.
+
+    ``trajectory`` is the inversion aligned with ``sigmas`` (x*_T first). Inversion guidance applies to
+    sampling steps i < guidance_until (i = 0 is the noisiest step; default: all steps)."""
+    sig = [float(s) for s in sigmas]
+    n = len(sig) - 1
+    until = n if guidance_until is None else guidance_until
+    x = trajectory[0]
+    for i in range(n):
+        e_src, e_tar = eps_src_fn(x, sig[i]), eps_tar_fn(x, sig[i])
+        eps = proximal_guided_noise(e_src, e_tar, cfg, lam, mode)
+        x = ddim_step(x, eps, sig[i], sig[i + 1])
+        if eta > 0 and i < until:
+            x = inversion_guidance_step(x, trajectory[i + 1], unedited_mask(e_src, e_tar, lam), eta)
+    return x
+
+
+# --- the per-step logic on denoised predictions (what a ComfyUI guider returns) ---------------
+
+def pni_guided_denoised(x: torch.Tensor, sigma, sigma_next, denoised_src: torch.Tensor, denoised_tar: torch.Tensor,
+                        cfg: float, lam: float, mode: str = "L1", eta: float = 0.0,
+                        z_star_next: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of Algorithm 1 expressed as a denoised prediction.
+
+    Returns (denoised, M): ``denoised`` is chosen so that the DDIM (= euler) step from (x, sigma) to
+    sigma_next lands on  x_next - eta*M*(x_next - z*_next)  with x_next the DDIM step of the proximal
+    noise (lines 6-11). Without ``z_star_next`` (or eta = 0, or sigma_next unknown = None) it is the
+    plain proximal prediction x - sigma*eps~."""
+    eps_src = eps_from_denoised(x, denoised_src, sigma)
+    eps_tar = eps_from_denoised(x, denoised_tar, sigma)
+    eps = proximal_guided_noise(eps_src, eps_tar, cfg, lam, mode)
+    mask = unedited_mask(eps_src, eps_tar, lam)
+    denoised = denoised_from_eps(x, eps, sigma)
+    if z_star_next is None or eta == 0 or sigma_next is None:
+        return denoised, mask
+    x_next = ddim_step(x, eps, sigma, sigma_next)
+    x_guided = inversion_guidance_step(x_next, z_star_next, mask, eta)
+    # x_next = r*x + (1 - r)*denoised with r = sigma_next / sigma, so a shift of x_next by delta is a shift
+    # of denoised by delta / (1 - r); r < 1 on a descending schedule.
+    r = _bcast(sigma_next, x) / _bcast(sigma, x)
+    return denoised + (x_guided - x_next) / (1 - r), mask
+
+
+class PNIGuidance:
+    """Per-step PNI sampling state for one inversion: finds the step from sigma, applies Algorithm 1.
+
+    ``sigmas`` (descending, n+1 values) and ``trajectory`` (x*_T ... x*_0, model space) come from the
+    inversion. ``denoised(x, sigma, denoised_src, denoised_tar)`` is what a guider returns for that step.
+    Inversion guidance applies on steps i < guidance_until whose sigma lies on the inversion's grid
+    (samplers that evaluate between grid points, e.g. heun's second stage, get the proximal noise only).
+    """
+
+    def __init__(self, sigmas: torch.Tensor, trajectory: Sequence[torch.Tensor], cfg: float, lam: float,
+                 mode: str = "L1", eta: float = 0.0, guidance_until: int | None = None):
+        if mode not in PROX_MODES:
+            raise ValueError(f"prox mode {mode!r} is not one of {PROX_MODES}")
+        self.sigmas = [float(s) for s in torch.as_tensor(sigmas).flatten()]
+        self.trajectory = list(trajectory)
+        self.cfg, self.lam, self.mode, self.eta = float(cfg), float(lam), mode, float(eta)
+        n = len(self.sigmas) - 1
+        self.guidance_until = n if guidance_until is None else int(guidance_until)
+        self._on_device: dict = {}
+        self.last_mask: torch.Tensor | None = None
+        self.last_step: int | None = None
+
+    def step_index(self, sigma) -> int | None:
+        """Index i with sigmas[i] == sigma (relative tolerance 1e-4), or None when off the grid."""
+        s = float(torch.as_tensor(sigma).flatten()[0])
+        for i, t in enumerate(self.sigmas[:-1]):
+            if abs(t - s) <= 1e-4 * max(abs(t), 1e-6):
+                return i
+        return None
+
+    def target(self, i: int, like: torch.Tensor) -> torch.Tensor:
+        key = (i, like.device, like.dtype)
+        if key not in self._on_device:
+            z = self.trajectory[i].to(device=like.device, dtype=like.dtype)
+            if z.shape != like.shape:
+                if z.shape[1:] == like.shape[1:] and like.shape[0] % z.shape[0] == 0:
+                    z = z.repeat((like.shape[0] // z.shape[0],) + (1,) * (z.ndim - 1))
+                else:
+                    raise ValueError(f"latent {tuple(like.shape)} does not match the inversion's {tuple(z.shape)}")
+            self._on_device = {k: v for k, v in self._on_device.items() if k[0] >= i - 1}
+            self._on_device[key] = z
+        return self._on_device[key]
+
+    def denoised(self, x: torch.Tensor, sigma, denoised_src: torch.Tensor, denoised_tar: torch.Tensor) -> torch.Tensor:
+        i = self.step_index(sigma)
+        guide = i is not None and self.eta > 0 and i < self.guidance_until
+        sigma_next = self.sigmas[i + 1] if i is not None else None
+        z_star = self.target(i + 1, x) if guide else None
+        out, mask = pni_guided_denoised(x, sigma, sigma_next, denoised_src, denoised_tar, self.cfg, self.lam,
+                                        self.mode, self.eta if guide else 0.0, z_star)
+        self.last_mask, self.last_step = mask, i
+        return out

@@ -1,0 +1,240 @@
+"""guidance/pni.py against hand-computed values and independent references (pure torch)."""
+import math
+
+import pytest
+import torch
+
+from dragfusion.guidance import pni
+from dragfusion.guidance.inversion_data import Inversion
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+# --- Eq. 9: L1 soft threshold -----------------------------------------------------------------
+
+def test_prox_l1_hand_values_and_boundaries():
+    x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.25, 3.0])
+    out = pni.prox_l1_soft_threshold(x, 1.0)
+    assert out.tolist() == [-2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 2.0]  # |x| = lambda -> 0 (Eq. 9's middle case)
+    assert torch.equal(pni.prox_l1_soft_threshold(x, 0.0), x)
+
+
+def _grid(lo=-6.0, hi=6.0, step=1e-3):
+    k = torch.arange(int(round(lo / step)), int(round(hi / step)) + 1, dtype=torch.float64)
+    return k * step  # contains 0 exactly
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0, 2.5])
+def test_prox_l1_is_the_argmin_by_brute_force(lam):
+    g = torch.Generator().manual_seed(1)
+    v = (torch.rand(200, generator=g) * 10 - 5)
+    z = _grid()
+    cost = 0.5 * (z[None, :] - v[:, None]) ** 2 + lam * z.abs()[None, :]
+    brute = z[cost.argmin(dim=1)]
+    assert torch.allclose(pni.prox_l1_soft_threshold(v, lam), brute, atol=1.1e-3)
+
+
+# --- Eq. 10: L0 hard threshold at sqrt(2 lambda) ----------------------------------------------
+
+def test_prox_l0_hand_values_and_sqrt_2_lambda_threshold():
+    lam = 2.0  # threshold sqrt(2*2) = 2
+    x = torch.tensor([-3.0, -2.0, -1.999, 0.0, 1.5, 2.0, 2.001, 5.0])
+    out = pni.prox_l0_hard_threshold(x, lam)
+    assert out.tolist() == [-3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.001, 5.0]
+    lam = 0.125  # threshold 0.5: lambda itself is not the threshold
+    x = torch.tensor([0.2, 0.4, 0.5, 0.51])
+    assert pni.prox_l0_hard_threshold(x, lam).tolist() == [0.0, 0.0, 0.0, 0.51]
+
+
+@pytest.mark.parametrize("lam", [0.05, 0.5, 2.0])
+def test_prox_l0_is_the_argmin_by_brute_force(lam):
+    g = torch.Generator().manual_seed(2)
+    v = (torch.rand(200, generator=g) * 10 - 5)
+    v = v[(v.abs() - math.sqrt(2 * lam)).abs() > 1e-2]  # away from the tie |v| = sqrt(2 lambda)
+    z = _grid()
+    cost = 0.5 * (z[None, :] - v[:, None]) ** 2 + lam * (z != 0).to(z.dtype)[None, :]
+    brute = z[cost.argmin(dim=1)]
+    assert torch.allclose(pni.prox_l0_hard_threshold(v, lam), brute, atol=1.1e-3)
+
+
+def test_prox_eq8_dispatch_and_errors():
+    x = torch.linspace(-2, 2, 9)
+    assert torch.equal(pni.prox(x, 0.5, "L1"), pni.prox_l1_soft_threshold(x, 0.5))
+    assert torch.equal(pni.prox(x, 0.5, "L0"), pni.prox_l0_hard_threshold(x, 0.5))
+    with pytest.raises(ValueError, match="L2"):
+        pni.prox(x, 0.5, "L2")
+    with pytest.raises(ValueError):
+        pni.prox_l1_soft_threshold(x, -1.0)
+
+
+# --- Algorithm 1 lines 6, 7, 11 ---------------------------------------------------------------
+
+def _eps_pair(seed=3, shape=(2, 4, 8, 8)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+
+
+def test_proximal_guided_noise_hand_value():
+    e_src, e_tar = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.2, 3.0, -1.0])
+    # differences 0.2, 2, -2; lambda 0.5: L1 -> 0, 1.5, -1.5; w = 2
+    assert torch.allclose(pni.proximal_guided_noise(e_src, e_tar, 2.0, 0.5, "L1"), torch.tensor([1.0, 4.0, -2.0]))
+    # L0 at lambda 0.5 (threshold 1): 0, 2, -2
+    assert torch.allclose(pni.proximal_guided_noise(e_src, e_tar, 2.0, 0.5, "L0"), torch.tensor([1.0, 5.0, -3.0]))
+
+
+@pytest.mark.parametrize("mode", ["L1", "L0"])
+def test_lambda_zero_is_plain_cfg_with_source_as_negative(mode):
+    e_src, e_tar = _eps_pair()
+    cfg = 5.0
+    plain_cfg = e_src + cfg * (e_tar - e_src)  # CFG: uncond = negative = source
+    assert torch.allclose(pni.proximal_guided_noise(e_src, e_tar, cfg, 0.0, mode), plain_cfg, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["L1", "L0"])
+def test_lambda_infinite_is_the_source_noise(mode):
+    e_src, e_tar = _eps_pair()
+    assert torch.equal(pni.proximal_guided_noise(e_src, e_tar, 5.0, 1e9, mode), e_src)
+
+
+def test_unedited_mask_semantics():
+    e_src = torch.zeros(6)
+    e_tar = torch.tensor([0.0, 0.1, -0.1, 0.25, -0.2501, 3.0])
+    m = pni.unedited_mask(e_src, e_tar, 0.25)
+    assert m.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]  # |d| <= lambda, boundary included, element-wise
+    e_src, e_tar = _eps_pair()
+    m = pni.unedited_mask(e_src, e_tar, 0.5)
+    assert m.shape == e_src.shape and set(m.unique().tolist()) <= {0.0, 1.0}
+    # M is exactly where L1's prox zeroes the CFG difference: the region the edit leaves alone
+    assert torch.equal(m.bool(), pni.prox_l1_soft_threshold(e_tar - e_src, 0.5) == 0)
+    assert pni.unedited_mask(e_src, e_src, 0.0).all()  # target = source: nothing is edited
+
+
+def test_inversion_guidance_step():
+    z = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    zs = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    m = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    assert pni.inversion_guidance_step(z, zs, m, 0.25).tolist() == [0.75, 2.0, 2.25, 4.0]
+    assert pni.inversion_guidance_step(z, zs, m, 1.0).tolist() == [0.0, 2.0, 0.0, 4.0]  # eta 1 = replace
+    assert torch.equal(pni.inversion_guidance_step(z, zs, m, 0.0), z)
+
+
+# --- DDIM in sigma space ----------------------------------------------------------------------
+
+def test_ddim_step_hand_value_and_alpha_space_equivalence():
+    assert pni.ddim_step(torch.tensor(1.0), torch.tensor(0.5), 2.0, 1.0).item() == pytest.approx(0.5)
+    # Algorithm 1 lines 8-9 in alpha space, z = sqrt(a) x, sigma = sqrt((1 - a)/a)
+    g = torch.Generator().manual_seed(4)
+    z_t, eps = torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g)
+    a_t, a_prev = 0.3, 0.8
+    z0 = z_t / math.sqrt(a_t) - math.sqrt(1 / a_t - 1) * eps
+    z_prev = math.sqrt(a_prev) * z0 + math.sqrt(1 - a_prev) * eps
+    s = lambda a: math.sqrt((1 - a) / a)
+    x_prev = pni.ddim_step(z_t / math.sqrt(a_t), eps, s(a_t), s(a_prev))
+    assert torch.allclose(x_prev * math.sqrt(a_prev), z_prev, atol=1e-12)
+    with pytest.raises(ValueError):
+        pni.ddim_inversion_step(z_t, eps, 2.0, 1.0)
+
+
+def test_eps_denoised_roundtrip_with_batched_sigma():
+    g = torch.Generator().manual_seed(5)
+    x, eps = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    sigma = torch.tensor([0.5, 1.0, 7.0])
+    d = pni.denoised_from_eps(x, eps, sigma)
+    assert torch.allclose(pni.eps_from_denoised(x, d, sigma), eps, atol=1e-12)
+    assert torch.allclose(d[2], x[2] - 7.0 * eps[2])
+
+
+SIGMAS = torch.tensor([14.6, 6.0, 2.5, 1.1, 0.45, 0.12, 0.0], dtype=torch.float64)
+
+
+def _sigma_only_eps(seed):
+    """An eps that depends on sigma only: DDIM inversion is then exactly invertible."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(1, 4, 8, 8, generator=g)
+    return lambda x, s: base * (0.5 + 0.3 * math.sin(s))
+
+
+@pytest.mark.parametrize("mode", ["L1", "L0"])
+def test_inversion_then_pni_sampling_returns_the_start_latent(mode):
+    g = torch.Generator().manual_seed(6)
+    x0 = torch.randn(1, 4, 8, 8, generator=g)
+    eps_src = _sigma_only_eps(7)
+    eps_tar = eps_src  # target = source
+    traj = pni.ddim_invert(eps_src, x0, SIGMAS)
+    assert len(traj) == len(SIGMAS) and traj[-1] is x0
+    for eta in (0.0, 0.3):
+        out = pni.pni_sample(eps_src, eps_tar, traj, SIGMAS, cfg=5.0, lam=0.1, mode=mode, eta=eta)
+        assert torch.allclose(out, x0, atol=1e-10)
+    assert torch.allclose(pni.ddim_sample(eps_src, traj[0], SIGMAS), x0, atol=1e-10)
+
+
+def _x_dependent_eps(seed, scale=0.3):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(1, 4, 8, 8, generator=g)
+    return lambda x, s: torch.tanh(scale * x + w) * (1 + 0.1 * s)
+
+
+def test_eta_one_with_target_equal_source_reconstructs_exactly_any_eps():
+    g = torch.Generator().manual_seed(8)
+    x0 = torch.randn(1, 4, 8, 8, generator=g)
+    eps = _x_dependent_eps(9)
+    traj = pni.ddim_invert(eps, x0, SIGMAS)
+    plain = pni.ddim_sample(eps, traj[0], SIGMAS)
+    assert (plain - x0).abs().max() > 1e-3  # DDIM inversion is only approximate for this eps
+    out = pni.pni_sample(eps, eps, traj, SIGMAS, cfg=5.0, lam=0.0, eta=1.0)
+    assert torch.allclose(out, x0, atol=1e-10)  # M = 1 everywhere, eta = 1: the trajectory itself
+
+
+@pytest.mark.parametrize("mode,eta,until", [("L1", 0.0, None), ("L1", 0.4, None), ("L0", 0.7, 3), ("L1", 1.0, 0)])
+def test_guidance_on_denoised_equals_algorithm_1(mode, eta, until):
+    """PNIGuidance.denoised + ComfyUI's euler/ddim step == Algorithm 1's loop (pni_sample)."""
+    g = torch.Generator().manual_seed(10)
+    x0 = torch.randn(2, 4, 8, 8, generator=g)
+    e_src, e_tar = _x_dependent_eps(11), _x_dependent_eps(12, scale=0.5)
+    traj = pni.ddim_invert(e_src, x0, SIGMAS)
+    cfg, lam = 4.0, 0.2
+    ref = pni.pni_sample(e_src, e_tar, traj, SIGMAS, cfg, lam, mode, eta, until)
+    n = len(SIGMAS) - 1
+    guide = pni.PNIGuidance(SIGMAS, traj, cfg, lam, mode, eta, n if until is None else until)
+    x = traj[0]
+    for i in range(n):  # k-diffusion sample_euler, as ComfyUI's "euler" and "ddim" samplers run it
+        s = SIGMAS[i] * torch.ones(2)
+        d = guide.denoised(x, s, pni.denoised_from_eps(x, e_src(x, float(SIGMAS[i])), s),
+                           pni.denoised_from_eps(x, e_tar(x, float(SIGMAS[i])), s))
+        assert guide.last_step == i
+        x = x + (x - d) / SIGMAS[i] * (SIGMAS[i + 1] - SIGMAS[i])
+    assert torch.allclose(x, ref, atol=1e-9)
+
+
+def test_guidance_off_grid_sigma_gets_prox_only():
+    traj = [torch.zeros(1, 4, 2, 2)] * len(SIGMAS)
+    guide = pni.PNIGuidance(SIGMAS, traj, 2.0, 0.0, "L1", 1.0)
+    assert guide.step_index(3.0) is None and guide.step_index(torch.tensor([2.5, 2.5])) == 2
+    x = torch.ones(1, 4, 2, 2)
+    d_src, d_tar = torch.full_like(x, 0.5), torch.full_like(x, 0.25)
+    out = guide.denoised(x, torch.tensor([3.0]), d_src, d_tar)
+    assert torch.allclose(out, d_src + 2.0 * (d_tar - d_src))  # lambda 0: plain CFG on denoised
+
+
+def _inversion(**kw):
+    args = dict(sigmas=SIGMAS, trajectory=tuple(torch.zeros(1, 4, 2, 2) for _ in SIGMAS), source_cond=[],
+                cfg=5.0, lam=0.1, prox="L1", eta=0.1, guidance_until=6)
+    args.update(kw)
+    return Inversion(**args)
+
+
+def test_inversion_validate():
+    assert _inversion().validate() is not None
+    assert _inversion().steps == 6
+    for kw, text in [({"prox": "L2"}, "prox"), ({"lam": -1.0}, "lambda"), ({"guidance_until": 7}, "guidance_until"),
+                     ({"sigmas": SIGMAS.flip(0)}, "descending"), ({"trajectory": ()}, "trajectory")]:
+        with pytest.raises(ValueError, match=text) as e:
+            _inversion(**kw).validate("PNI Guider", "inversion")
+        assert "PNI Guider: input 'inversion'" in str(e.value)
