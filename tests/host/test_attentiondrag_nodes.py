@@ -1,0 +1,199 @@
+"""AttentionDrag nodes in the real ComfyUI imported in-process.
+
+Part 1 uses a hand-built ATTN_CAPTURE (queries and keys with a known attention structure) so the
+nodes' answers are known exactly. Part 2 runs the real capture on the tiny checkpoint.
+"""
+import math
+
+import pytest
+import torch
+
+import harness
+from dragfusion.guidance.attn_capture import AttnCapture
+from dragfusion.guidance.drag_points import DragPoints
+
+H = W = 12             # latent grid; the image is 96 x 96
+LAYER = "input.1.0"
+BLOB = [y * W + x for y in range(3, 6) for x in range(2, 5)]   # cells x 2..4, y 3..5
+
+
+def synthetic_capture(with_v=True, batch=1):
+    g = torch.Generator().manual_seed(0)
+    n, heads, d = H * W, 2, 8
+    q = 0.05 * torch.randn(batch, heads, n, d, generator=g)
+    k = 0.05 * torch.randn(batch, heads, n, d, generator=g)
+    q[:, :, BLOB, 0] = 6.0
+    k[:, :, BLOB, 0] = 6.0
+    v = torch.randn(batch, heads, n, d, generator=g)
+    sigmas = torch.linspace(14.6, 0.0, 11)
+    steps = (0, 2)
+    traj = tuple(torch.randn(batch, 4, H, W, generator=g) for _ in range(6))
+    bank = lambda t: {(s, LAYER): t.half() for s in steps}  # noqa: E731
+    return AttnCapture(latent_hw=(H, W), sigmas=sigmas, edit_step=5, trajectory=traj, steps=steps,
+                       layers=(LAYER,), layer_hw={LAYER: (H, W)}, q=bank(q), k=bank(k),
+                       v=bank(v) if with_v else {}, step_sigmas={0: 0.03, 2: 1.2}, scheduler="normal")
+
+
+def pts(pairs, size=W * 8):
+    return DragPoints(size, size, tuple(pairs))
+
+
+HANDLE_PX = (3 * 8 + 4, 4 * 8 + 4)     # centre of cell (3, 4), inside the blob
+
+
+def blob_latent(batch=1):
+    g = torch.Generator().manual_seed(1)
+    z = 0.1 * torch.randn(batch, 4, H, W, generator=g)
+    z.view(batch, 4, -1)[:, 0, BLOB] = 5.0
+    return {"samples": z}
+
+
+def test_nodes_registered(host):
+    ids = harness.pack_node_ids(host)
+    for n in ("DragFusionAutoMask", "DragFusionSemanticMove", "DragFusionAttentionInterpolate",
+              "DragFusionKVConsistency", "DragFusionSideBySide"):
+        assert n in ids
+        schema = host.NODE_CLASS_MAPPINGS[n].GET_SCHEMA()
+        assert schema.category == "DragFusion/AttentionDrag"
+        assert all(i.tooltip for i in schema.inputs), n
+
+
+def test_automask_finds_the_blob_at_image_size(host):
+    cap = synthetic_capture()
+    (mask,) = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]),
+                               tau=2.0, reference="mean", steps="all", dilation=0).result
+    assert mask.shape == (1, H * 8, W * 8)
+    cells = mask[0, ::8, ::8] > 0.5
+    expected = torch.zeros(H, W, dtype=torch.bool)
+    expected.view(-1)[BLOB] = True
+    assert torch.equal(cells, expected)
+    # every cell is a uniform 8x8 block
+    assert torch.equal(mask[0], cells.float().repeat_interleave(8, 0).repeat_interleave(8, 1))
+    # the paper's literal reference: the handle attends most to the blob incl. itself -> empty
+    (lit,) = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]),
+                              tau=2.0, reference="handle", steps="0", dilation=0).result
+    assert lit.sum() == 0
+    user = torch.zeros(1, H, W)
+    user[0, 4:, :] = 1
+    (inter,) = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]), tau=2.0,
+                                reference="mean", steps="all", dilation=1, mask=user, mask_mode="intersect").result
+    got = inter[0, ::8, ::8] > 0.5
+    dil = torch.zeros(H, W, dtype=torch.bool)
+    dil[2:7, 1:6] = True
+    assert torch.equal(got, dil & (user[0] > 0.5))
+    (rep,) = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]), tau=2.0,
+                              reference="mean", steps="all", dilation=0, mask=user, mask_mode="replace").result
+    assert torch.equal(rep[0, ::8, ::8], user[0])
+
+
+def test_automask_errors_name_node_and_input(host):
+    cap = synthetic_capture()
+    with pytest.raises(ValueError, match=r"AttentionDrag AutoMask: input 'points': .*outside the 96x96 image"):
+        harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (100, 40))]))
+    with pytest.raises(ValueError, match=r"AttentionDrag AutoMask: input 'points': the points were placed on a 128x128"):
+        harness.run_node("DragFusionAutoMask", capture=cap, points=pts([((10, 10), (40, 40))], size=128))
+    with pytest.raises(ValueError, match=r"AttentionDrag AutoMask: input 'steps': step 1 was not captured"):
+        harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]), steps="1")
+    with pytest.raises(ValueError, match=r"AttentionDrag AutoMask: input 'mask': the mask is 50x50"):
+        harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]),
+                         mask=torch.ones(1, 50, 50))
+    with pytest.raises(ValueError, match=r"AttentionDrag AutoMask: input 'capture'"):
+        harness.run_node("DragFusionAutoMask", capture="nope", points=pts([(HANDLE_PX, (70, 40))]))
+
+
+def test_semantic_move_then_interpolate(host):
+    cap = synthetic_capture()
+    latent = blob_latent()
+    z = latent["samples"]
+    region = torch.zeros(1, H * 8, W * 8)
+    region[0, 8:64, 8:72] = 1                           # cells x 1..8, y 1..7
+    points = pts([(HANDLE_PX, (HANDLE_PX[0] + 32, HANDLE_PX[1] + 8))])   # V = (4, 1) cells
+    moved, blank = harness.run_node("DragFusionSemanticMove", capture=cap, latent=latent, points=points,
+                                    mask=region, steps="all").result
+    zm = moved["samples"]
+    assert "noise_mask" not in moved and zm.shape == z.shape
+    bc = blank[0, ::8, ::8] > 0.5
+    hot = (zm[0, 0] > 2.5) & ~bc
+    ys, xs = hot.nonzero(as_tuple=True)
+    assert len(xs) == len(BLOB)
+    assert abs(xs.float().mean().item() - 3 - 4) <= 0.5 and abs(ys.float().mean().item() - 4 - 1) <= 0.5
+    outside = (region[0, ::8, ::8] < 0.5)[None, None].expand_as(z)
+    assert torch.equal(zm[outside], z[outside])
+    vacated = {(y, x) for y in range(3, 6) for x in range(2, 5)} - {(y, x) for y in range(4, 7) for x in range(6, 9)}
+    assert {tuple(p) for p in bc.nonzero().tolist()} == vacated
+    (filled,) = harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=moved, mask=blank,
+                                 fill="attention", mode="drag", steps="all").result
+    zf = filled["samples"]
+    # brute force Eq. 13 renormalised, from the capture's own rows
+    rows = cap.rows(torch.arange(H * W))[0]
+    keep = ~bc.reshape(-1)
+    flat = zm[0].reshape(4, -1)
+    for p in bc.reshape(-1).nonzero()[:, 0].tolist():
+        a = rows[p] * keep
+        expect = (flat * a).sum(-1) / a.sum()
+        assert torch.allclose(zf[0].reshape(4, -1)[:, p], expect, atol=1e-5)
+    assert torch.equal(zf[0].reshape(4, -1)[:, keep], flat[:, keep])
+    for fill in ("nearest", "zero", "noise"):
+        (other,) = harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=moved, mask=blank,
+                                    fill=fill, mode="drag", steps="all", seed=3).result
+        assert torch.equal(other["samples"][0].reshape(4, -1)[:, keep], flat[:, keep])
+        assert not torch.equal(other["samples"], zf)
+
+
+def test_semantic_move_errors(host):
+    cap = synthetic_capture()
+    latent = blob_latent()
+    points = pts([(HANDLE_PX, (70, 40))])
+    with pytest.raises(ValueError, match=r"AttentionDrag Semantic Move: input 'mask': the mask is empty"):
+        harness.run_node("DragFusionSemanticMove", capture=cap, latent=latent, points=points, mask=torch.zeros(1, 96, 96))
+    with pytest.raises(ValueError, match=r"AttentionDrag Semantic Move: input 'mask': the mask is 64x96"):
+        harness.run_node("DragFusionSemanticMove", capture=cap, latent=latent, points=points, mask=torch.ones(1, 96, 64))
+    with pytest.raises(ValueError, match=r"AttentionDrag Semantic Move: input 'points': pair 1: target \(96, 40\) is outside"):
+        harness.run_node("DragFusionSemanticMove", capture=cap, latent=latent, points=pts([(HANDLE_PX, (96, 40))]),
+                         mask=torch.ones(1, 96, 96))
+    with pytest.raises(ValueError, match=r"AttentionDrag Semantic Move: input 'latent': latent of shape"):
+        harness.run_node("DragFusionSemanticMove", capture=cap, latent={"samples": torch.zeros(1, 4, 8, 8)},
+                         points=points, mask=torch.ones(1, 96, 96))
+
+
+def test_zero_length_drag_passes_the_latent_through(host):
+    """A drag shorter than half a cell moves nothing: no blanks, and interpolation passes through."""
+    cap = synthetic_capture()
+    latent = blob_latent()
+    points = pts([(HANDLE_PX, (HANDLE_PX[0] + 2, HANDLE_PX[1]))])
+    moved, blank = harness.run_node("DragFusionSemanticMove", capture=cap, latent=latent, points=points,
+                                    mask=torch.ones(1, 96, 96)).result
+    assert torch.equal(moved["samples"], latent["samples"]) and blank.sum() == 0
+    (out,) = harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=moved, mask=blank).result
+    assert torch.equal(out["samples"], latent["samples"])
+
+
+def test_inpaint_mode(host):
+    cap = synthetic_capture()
+    latent = blob_latent()
+    with pytest.raises(ValueError, match=r"AttentionDrag Interpolate: input 'mask': inpainting needs a mask"):
+        harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=latent, mask=torch.zeros(1, 96, 96),
+                         mode="inpaint")
+    with pytest.raises(ValueError, match=r"AttentionDrag Interpolate: input 'mask': the mask covers the whole image"):
+        harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=latent, mask=torch.ones(1, 96, 96),
+                         mode="inpaint")
+    hole = torch.zeros(1, 96, 96)
+    hole[0, 30:33, 50:70] = 1     # touches cells y 3..4, x 6..8
+    (out,) = harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=latent, mask=hole, mode="inpaint").result
+    changed = (out["samples"] != latent["samples"]).any(1)[0]
+    expected = torch.zeros(H, W, dtype=torch.bool)
+    expected[3:5, 6:9] = True
+    assert torch.equal(changed, expected)
+
+
+def test_side_by_side(host):
+    orig = torch.rand(1, 96, 96, 3)
+    res = torch.rand(1, 48, 48, 3)
+    mask = torch.zeros(1, 96, 96)
+    mask[0, :10] = 1
+    (img,) = harness.run_node("DragFusionSideBySide", original=orig, result=res,
+                              points=pts([(HANDLE_PX, (70, 40))]), mask=mask).result
+    assert img.shape == (1, 96, 384, 3)
+    assert torch.equal(img[0, :, :96], orig[0])
+    assert torch.equal(img[0, :, 192:288, 0], mask[0])
+    assert not torch.equal(img[0, :, 96:192], orig[0])   # arrows drawn
