@@ -98,13 +98,14 @@ def _indices(keys, pattern: str) -> list[int]:
     return sorted(found)
 
 
-def _infer_config(sd: dict, heads: int | None, kv_with_queries: bool, node: str, input_name: str):
+def _infer_config(sd: dict, heads: int | None, kv_with_queries: bool, node: str, input_name: str, rename):
     q = sd.get(OWN + "queries")
     w_in = sd.get(OWN + "proj_in.weight")
     w_out = sd.get(OWN + "proj_out.weight")
     missing = [k for k, t in ((OWN + "queries", q), (OWN + "proj_in.weight", w_in), (OWN + "proj_out.weight", w_out)) if t is None]
     if missing:
-        raise input_error(node, input_name, f"not an image-prompt weights file: missing keys {_fmt_keys(missing)}")
+        raise input_error(node, input_name, "not a complete image-prompt weights file: missing keys "
+                          + _fmt_keys(rename("encoder." + k[len(OWN):]) for k in missing))
     if q.ndim != 3 or q.shape[0] != 1 or w_in.ndim != 2 or w_out.ndim != 2:
         raise input_error(node, input_name, f"queries {tuple(q.shape)} must be [1, queries, dim]; proj_in "
                           f"{tuple(w_in.shape)} and proj_out {tuple(w_out.shape)} must be matrices")
@@ -162,7 +163,8 @@ def adapter_from_state_dict(sd: dict, node: str = "Image Prompt Encoder", input_
         if stray:
             raise input_error(node, input_name, f"unexpected keys: {_fmt_keys(stray)}")
 
-    cfg = _infer_config(own, heads, kvq, node, input_name)
+    rename = _public_name if layout == "public" else _own_name
+    cfg = _infer_config(own, heads, kvq, node, input_name, rename)
     layer_idx = _indices(own, r"attn2\.(\d+)\.to_[kv]_ip\.weight")
     if not layer_idx:
         raise input_error(node, input_name, "no cross-attention projections (to_k_ip / to_v_ip) in the file")
@@ -184,7 +186,6 @@ def adapter_from_state_dict(sd: dict, node: str = "Image Prompt Encoder", input_
     wrong = [f"{k} {tuple(target[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
              if k in target and tuple(target[k].shape) != tuple(v.shape)]
     problems = []
-    rename = _public_name if layout == "public" else _own_name
     if missing:
         problems.append("missing keys " + _fmt_keys(rename(k) for k in missing))
     if unexpected:
