@@ -179,7 +179,9 @@ class DragPointsCanvas(io.ComfyNode):
         mask_t = load_mask(mask, w, h)
         has_mask = bool((mask or "").strip()) and bool(mask_t.any())
         pts = parse_points(points, w, h, has_mask)
-        return io.NodeOutput(rgb, pts, mask_t)
+        # What the node received, for the history and for tests (the frontend ignores these keys).
+        ui = {"drag_points": [json.loads(pts.to_json())], "mask_area": [int(mask_t.sum().item())]}
+        return io.NodeOutput(rgb, pts, mask_t, ui=ui)
 
 
 NODES = [DragPointsCanvas]
