@@ -27,8 +27,8 @@ from ..guidance.image_prompt_tokens import ImagePrompt
 BLOCK_NAMES = ("input", "output", "middle")
 
 
-def cross_attention_layers(model) -> list[tuple[tuple[str, int, int], int, int]]:
-    """The model's attn2 layers in standard order: [((block, id, transformer_index), inner_dim, context_dim)]."""
+def cross_attention_modules(model) -> list[tuple[tuple[str, int, int], torch.nn.Module]]:
+    """The model's attn2 modules in standard order: [((block, id, transformer_index), attn2)]. Read only."""
     unet = model.get_model_object("diffusion_model")
     groups = {"input": list(getattr(unet, "input_blocks", []) or []),
               "output": list(getattr(unet, "output_blocks", []) or []),
@@ -40,8 +40,13 @@ def cross_attention_layers(model) -> list[tuple[tuple[str, int, int], int, int]]
                 for t_index, tb in enumerate(getattr(sub, "transformer_blocks", []) or []):
                     attn2 = getattr(tb, "attn2", None)
                     if attn2 is not None:
-                        found.append(((name, block_id, t_index), attn2.to_q.out_features, attn2.to_k.in_features))
+                        found.append(((name, block_id, t_index), attn2))
     return found
+
+
+def cross_attention_layers(model) -> list[tuple[tuple[str, int, int], int, int]]:
+    """The model's attn2 layers in standard order: [((block, id, transformer_index), inner_dim, context_dim)]."""
+    return [(key, a.to_q.out_features, a.to_k.in_features) for key, a in cross_attention_modules(model)]
 
 
 def layer_name(key) -> str:

@@ -253,3 +253,50 @@ def test_ipadapter_folder_is_listed(host, weights_dir):
             folder_paths.folder_names_and_paths["ipadapter"][0].remove(d)
         else:
             del folder_paths.folder_names_and_paths["ipadapter"]
+
+
+def test_training_script_lowers_loss_and_its_file_loads(host, unet, weights_dir, tmp_path):
+    """scripts/train_image_prompt.py on the tiny checkpoint with a tiny CLIP vision model built here."""
+    import importlib.util
+
+    import comfy.clip_vision
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+    cfg_path = os.path.join(tmp_path, "cv.json")
+    with open(cfg_path, "w") as f:
+        json.dump(TINY_CLIP_VISION, f)
+    torch.manual_seed(6)
+    cv_sd = {k: torch.randn_like(v) * 0.02 for k, v in comfy.clip_vision.ClipVisionModel(cfg_path).get_sd().items()}
+    cv_path = os.path.join(tmp_path, "cv.safetensors")
+    save_file(cv_sd, cv_path)
+    images = os.path.join(tmp_path, "images")
+    os.makedirs(images)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        a = np.zeros((72, 88, 3), np.uint8)
+        a[:] = rng.integers(0, 255, 3)
+        a[16:56, 24:64] = rng.integers(0, 255, 3)
+        Image.fromarray(a).save(os.path.join(images, f"{i}.png"))
+    with open(os.path.join(images, "0.txt"), "w") as f:
+        f.write("a square")
+    spec = importlib.util.spec_from_file_location("train_image_prompt", os.path.join(harness.REPO, "scripts", "train_image_prompt.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = os.path.join(weights_dir, "trained.safetensors")
+    log = os.path.join(tmp_path, "log.json")
+    result = script.main(["--images", images, "--checkpoint", harness.TINY_CKPT, "--clip-vision", cv_path,
+                          "--clip-vision-config", cfg_path, "--steps", "10", "--batch-size", "2", "--lr", "1e-3",
+                          "--resolution", "64", "--queries", "16", "--depth", "2", "--dim", "64", "--heads", "2",
+                          "--log-every", "5", "--eval-images", "3", "--out", out, "--log-json", log])
+    assert len(result["losses"]) == 10 and all(np.isfinite(result["losses"]))
+    assert result["eval_after"] < result["eval_before"], result
+    with open(log) as f:
+        assert json.load(f)["eval_after"] == result["eval_after"]
+    cv = comfy.clip_vision.ClipVisionModel(cfg_path)
+    cv.load_sd(cv_sd)
+    enc = host.CLIPVisionEncode().encode(cv, torch.rand(1, 64, 64, 3), "center")[0]
+    prompt = harness.run_node(ENC, clip_vision_output=enc, weights="trained.safetensors", clip_vision=cv).result[0]
+    assert prompt.cond.shape == (1, 16, OUT_DIM) and prompt.num_layers == 3
+    m = harness.run_node(APPLY, model=unet, image_prompt=prompt, gamma=1.0).result[0]
+    assert torch.isfinite(eps(m, torch.randn(2, 4, 8, 8), torch.randn(2, 77, 768), [0, 1])).all()
