@@ -713,6 +713,9 @@ class DragCanvas {
   arrow(ctx, x0, y0, x1, y1, hovered) {
     const a = Math.atan2(y1 - y0, x1 - x0);
     const head = 10;
+    // End the shaft at the target dot's rim so the head stays visible.
+    const len = Math.hypot(x1 - x0, y1 - y0);
+    if (len > POINT_RADIUS * 3) { x1 -= (POINT_RADIUS + 1) * Math.cos(a); y1 -= (POINT_RADIUS + 1) * Math.sin(a); }
     for (const [color, width] of [["rgba(0,0,0,0.7)", hovered ? 5 : 4], [hovered ? "#ffd000" : "#fff", hovered ? 3 : 2]]) {
       ctx.strokeStyle = color; ctx.lineWidth = width; ctx.lineCap = "round";
       ctx.beginPath();
