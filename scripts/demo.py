@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 import harness  # noqa: E402
 import workflows  # noqa: E402
 
-DEMO_WORKFLOW = os.environ.get("DRAGFUSION_DEMO_WORKFLOW", "preview_drag_points.json")
+DEMO_WORKFLOW = os.environ.get("DRAGFUSION_DEMO_WORKFLOW", "attention_drag.json")
 TINY = harness.TINY_CKPT
 TRAINED = "dragfusion_shapedrag.safetensors"
 

@@ -20,3 +20,84 @@ SPECS = {
         "handle -> target arrows with the editable region tinted. The sample path is relative to "
         "ComfyUI's input folder; scripts/setup links the shared data there as dragfusion_data/."]),
 }
+
+# AttentionDrag (paper defaults: LCM schedule, 10 steps, edit at step 5, no CFG, tau 2.0).
+ATTENTION_DRAG = [
+    {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100], "widgets": {"ckpt_name": "dragfusion_tiny_sd15.safetensors"}},
+    {"id": 2, "type": "ModelSamplingDiscrete", "pos": [50, 300], "widgets": {"sampling": "lcm", "zsnr": False},
+     "links": {"model": [1, 0]}},
+    {"id": 3, "type": "DragFusionLoadDragBenchSample", "pos": [50, 450],
+     "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
+    {"id": 4, "type": "CLIPTextEncode", "pos": [400, 100], "links": {"clip": [1, 1], "text": [3, 3]}},
+    {"id": 5, "type": "ConditioningZeroOut", "pos": [400, 300], "links": {"conditioning": [4, 0]}},
+    {"id": 6, "type": "VAEEncode", "pos": [400, 450], "links": {"pixels": [3, 0], "vae": [1, 2]}},
+    {"id": 7, "type": "DragFusionInvertCapture", "pos": [750, 100],
+     "widgets": {"steps": 10, "edit_step": 5, "scheduler": "simple", "cfg": 1.0, "layers": "latent resolution",
+                 "capture_values": True},
+     "links": {"model": [2, 0], "latent": [6, 0], "positive": [4, 0], "points": [3, 1]}},
+    {"id": 8, "type": "DragFusionAutoMask", "pos": [1100, 100],
+     "widgets": {"tau": 2.0, "reference": "mean", "steps": "all", "dilation": 0, "mask_mode": "union"},
+     "links": {"capture": [7, 1], "points": [3, 1], "mask": [3, 2]}},
+    {"id": 9, "type": "DragFusionSemanticMove", "pos": [1100, 350], "widgets": {"steps": "all"},
+     "links": {"capture": [7, 1], "latent": [7, 0], "points": [3, 1], "mask": [8, 0]}},
+    {"id": 10, "type": "DragFusionAttentionInterpolate", "pos": [1450, 100],
+     "widgets": {"fill": "attention", "mode": "drag", "steps": "all"},
+     "links": {"capture": [7, 1], "latent": [9, 0], "mask": [9, 1]}},
+    {"id": 11, "type": "DragFusionKVConsistency", "pos": [1450, 400], "widgets": {"enabled": True, "strength": 1.0},
+     "links": {"model": [2, 0], "capture": [7, 1]}},
+    {"id": 12, "type": "KSamplerAdvanced", "pos": [1800, 100],
+     "widgets": {"add_noise": "disable", "noise_seed": 0, "steps": 10, "cfg": 1.0, "sampler_name": "euler",
+                 "scheduler": "simple", "start_at_step": 5, "end_at_step": 10000, "return_with_leftover_noise": "disable"},
+     "links": {"model": [11, 0], "positive": [4, 0], "negative": [5, 0], "latent_image": [10, 0]}},
+    {"id": 13, "type": "VAEDecode", "pos": [2150, 100], "links": {"samples": [12, 0], "vae": [1, 2]}},
+    {"id": 14, "type": "PreviewImage", "pos": [2150, 250], "links": {"images": [13, 0]}},
+    {"id": 15, "type": "DragFusionSideBySide", "pos": [2150, 550],
+     "links": {"original": [3, 0], "result": [13, 0], "points": [3, 1], "mask": [8, 0]}},
+    {"id": 16, "type": "SaveImage", "pos": [2500, 550], "widgets": {"filename_prefix": "attention_drag"},
+     "links": {"images": [15, 0]}},
+]
+
+ATTENTION_DRAG_INPAINT = [
+    {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100], "widgets": {"ckpt_name": "dragfusion_tiny_sd15.safetensors"}},
+    {"id": 2, "type": "ModelSamplingDiscrete", "pos": [50, 300], "widgets": {"sampling": "lcm", "zsnr": False},
+     "links": {"model": [1, 0]}},
+    {"id": 3, "type": "DragFusionLoadDragBenchSample", "pos": [50, 450],
+     "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
+    {"id": 4, "type": "CLIPTextEncode", "pos": [400, 100], "links": {"clip": [1, 1], "text": [3, 3]}},
+    {"id": 5, "type": "ConditioningZeroOut", "pos": [400, 300], "links": {"conditioning": [4, 0]}},
+    {"id": 6, "type": "VAEEncode", "pos": [400, 450], "links": {"pixels": [3, 0], "vae": [1, 2]}},
+    {"id": 7, "type": "DragFusionInvertCapture", "pos": [750, 100],
+     "widgets": {"steps": 10, "edit_step": 5, "scheduler": "simple", "cfg": 1.0, "layers": "latent resolution",
+                 "capture_values": True},
+     "links": {"model": [2, 0], "latent": [6, 0], "positive": [4, 0]}},
+    {"id": 8, "type": "DragFusionAttentionInterpolate", "pos": [1100, 100],
+     "widgets": {"fill": "attention", "mode": "inpaint", "steps": "all"},
+     "links": {"capture": [7, 1], "latent": [7, 0], "mask": [3, 2]}},
+    {"id": 9, "type": "DragFusionKVConsistency", "pos": [1100, 400], "widgets": {"enabled": False, "strength": 1.0},
+     "links": {"model": [2, 0], "capture": [7, 1]}},
+    {"id": 10, "type": "KSamplerAdvanced", "pos": [1450, 100],
+     "widgets": {"add_noise": "disable", "noise_seed": 0, "steps": 10, "cfg": 1.0, "sampler_name": "euler",
+                 "scheduler": "simple", "start_at_step": 5, "end_at_step": 10000, "return_with_leftover_noise": "disable"},
+     "links": {"model": [9, 0], "positive": [4, 0], "negative": [5, 0], "latent_image": [8, 0]}},
+    {"id": 11, "type": "VAEDecode", "pos": [1800, 100], "links": {"samples": [10, 0], "vae": [1, 2]}},
+    {"id": 12, "type": "PreviewImage", "pos": [1800, 250], "links": {"images": [11, 0]}},
+    {"id": 13, "type": "DragFusionSideBySide", "pos": [1800, 550],
+     "links": {"original": [3, 0], "result": [11, 0], "mask": [3, 2]}},
+    {"id": 14, "type": "SaveImage", "pos": [2150, 550], "widgets": {"filename_prefix": "attention_drag_inpaint"},
+     "links": {"images": [13, 0]}},
+]
+
+SPECS["attention_drag.json"] = (ATTENTION_DRAG, [
+    "AttentionDrag (one-step drag editing from the UNet's own self-attention). Paper defaults: an LCM model "
+    "(here ModelSamplingDiscrete 'lcm'; with plain SD1.5 add LoraLoaderModelOnly with LCM-LoRA before it), 10 steps, "
+    "inversion to step 5, cfg 1, tau 2.0. Inversion with Attention Capture records q/k/v; AutoMask (Eq. 11-12, "
+    "reference 'mean' here because the paper's literal 'handle' reference is empty when the handle attends most to "
+    "itself; the sample's own editable region is united with it so the edit never stalls on an empty mask -- "
+    "disconnect it for the fully automatic mask), Semantic Move (Eq. 5-9), Attention Interpolate (Eq. 13), then KSamplerAdvanced resumes at step 5 "
+    "(add_noise disable, euler = DDIM, same steps and scheduler) on the model patched for KV consistency. "
+    "The saved image shows original | arrows | mask | result."])
+SPECS["attention_drag_inpaint.json"] = (ATTENTION_DRAG_INPAINT, [
+    "AttentionDrag inpainting: no drag pairs, only a mask. The mask cells are blanks, filled from the cells they "
+    "attend to (Attention Interpolate, mode 'inpaint', Eq. 13 renormalised), then regenerated from step 5 of 10 "
+    "with KSamplerAdvanced. KV consistency is switched off here: the saved keys/values would pull the removed "
+    "content back. The saved image shows original | original | mask | result."])

@@ -197,3 +197,120 @@ def test_side_by_side(host):
     assert torch.equal(img[0, :, :96], orig[0])
     assert torch.equal(img[0, :, 192:288, 0], mask[0])
     assert not torch.equal(img[0, :, 96:192], orig[0])   # arrows drawn
+
+
+# ---------------------------------------------------------------- part 2: the real capture, tiny checkpoint
+SAMPLE = "dragfusion_data/dragbench-dev/animals/JH_2023-09-14-1820-16"
+STEPS, EDIT = 6, 3
+
+
+def legacy(host, name, **kw):
+    cls = host.NODE_CLASS_MAPPINGS[name]
+    return getattr(cls(), cls.FUNCTION)(**kw)
+
+
+@pytest.fixture(scope="module")
+def real(host, data_dir):
+    harness.ensure_data_link()
+    model, clip, vae = legacy(host, "CheckpointLoaderSimple", ckpt_name=harness.TINY_CKPT)[:3]
+    (lcm,) = legacy(host, "ModelSamplingDiscrete", model=model, sampling="lcm", zsnr=False)
+    image, points, mask, prompt = harness.run_node("DragFusionLoadDragBenchSample", sample=SAMPLE,
+                                                   size="fit 128 (multiple of 8)").result
+    (latent,) = legacy(host, "VAEEncode", pixels=image, vae=vae)
+    (pos,) = legacy(host, "CLIPTextEncode", clip=clip, text=prompt)
+    (neg,) = legacy(host, "ConditioningZeroOut", conditioning=pos)
+    # 6 steps, edit at 3 (the paper: 10 / 5; the HTTP test runs those) to keep the UNet calls few
+    zl, cap = harness.run_node("DragFusionInvertCapture", model=lcm, latent=latent, steps=STEPS, edit_step=EDIT,
+                               scheduler="simple", cfg=1.0, capture_values=True, positive=pos, points=points).result
+
+    def resume(m, lat):
+        return legacy(host, "KSamplerAdvanced", model=m, add_noise="disable", noise_seed=0, steps=STEPS, cfg=1.0,
+                      sampler_name="euler", scheduler="simple", positive=pos, negative=neg, latent_image=lat,
+                      start_at_step=EDIT, end_at_step=10000, return_with_leftover_noise="disable")[0]
+
+    return dict(model=lcm, vae=vae, image=image, points=points, mask=mask, pos=pos, zl=zl, cap=cap,
+                resume=resume, direct=resume(lcm, zl))
+
+
+def _denoise(model, x, sigma, cond, extra=None):
+    import comfy.model_management
+    comfy.model_management.load_models_gpu([model])
+    to = dict(model.model_options["transformer_options"])
+    s = torch.full((x.shape[0],), float(sigma))
+    to["sigmas"] = s
+    dev = comfy.model_management.get_torch_device()
+    return model.model.apply_model(x.to(dev), s.to(dev), c_crossattn=cond.to(dev), transformer_options=to).float().cpu()
+
+
+def test_ksampler_advanced_resumes_the_inversion_exactly(real):
+    """KSamplerAdvanced (add_noise disable, start_at_step = edit_step, euler) == a hand-written DDIM loop
+    in sigma space over sigmas[edit_step:], from the inversion's latent: no extra sampler is needed."""
+    m, cap = real["model"], real["cap"]
+    ms = m.get_model_object("model_sampling")
+    import comfy.samplers
+    assert torch.allclose(comfy.samplers.calculate_sigmas(ms, "simple", STEPS).float().cpu(), cap.sigmas.float())
+    x = m.model.process_latent_in(real["zl"]["samples"].float())
+    assert torch.allclose(x, cap.trajectory[-1].float(), atol=1e-5)
+    cond = real["pos"][0][0]
+    for i in range(cap.edit_step, len(cap.sigmas) - 1):
+        s, s2 = float(cap.sigmas[i]), float(cap.sigmas[i + 1])
+        den = _denoise(m, x, s, cond)
+        x = x + (s2 - s) * (x - den) / s
+    expected = m.model.process_latent_out(x)
+    assert torch.allclose(real["direct"]["samples"].float(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_zero_length_drag_returns_the_inversion_round_trip(real, host):
+    pts = real["points"]
+    (hx, hy), _ = pts.pairs[0]
+    tiny = type(pts)(pts.width, pts.height, (((hx, hy), (hx + 2.0, hy)),))
+    moved, blank = harness.run_node("DragFusionSemanticMove", capture=real["cap"], latent=real["zl"], points=tiny,
+                                    mask=real["mask"]).result
+    assert blank.sum() == 0 and torch.equal(moved["samples"], real["zl"]["samples"])
+    (filled,) = harness.run_node("DragFusionAttentionInterpolate", capture=real["cap"], latent=moved, mask=blank).result
+    out = real["resume"](real["model"], filled)
+    assert torch.equal(out["samples"], real["direct"]["samples"])
+
+
+def test_kv_consistency_reads_the_saved_keys_and_values(real, host):
+    m, cap = real["model"], real["cap"]
+    before = repr(m.model_options)
+    (kv1,) = harness.run_node("DragFusionKVConsistency", model=m, capture=cap, enabled=True, strength=1.0).result
+    (kv0,) = harness.run_node("DragFusionKVConsistency", model=m, capture=cap, enabled=True, strength=0.0).result
+    (off,) = harness.run_node("DragFusionKVConsistency", model=m, capture=cap, enabled=False, strength=1.0).result
+    assert repr(m.model_options) == before and "patches_replace" not in m.model_options["transformer_options"]
+    assert off is m and kv1 is not m
+    replaced = kv1.model_options["transformer_options"]["patches_replace"]["attn1"]
+    assert set(replaced) == {tuple(int(p) if p.isdigit() else p for p in layer.split(".")) for layer in cap.layers}
+    cond = real["pos"][0][0]
+    for j in (cap.steps[-1],):
+        x, s = cap.trajectory[j].float(), cap.step_sigmas[j]
+        ref = _denoise(m, x, s, cond)
+        assert torch.equal(_denoise(kv0, x, s, cond), ref)
+        # the saved K/V of step j are those this very call computed (up to fp16 storage)
+        assert torch.allclose(_denoise(kv1, x, s, cond), ref, atol=2e-3, rtol=1e-2)
+    # on another latent the saved K/V differ from its own: the output changes
+    x2 = torch.roll(cap.trajectory[-1].float(), 5, dims=-1)
+    s = cap.step_sigmas[cap.steps[-1]]
+    assert (_denoise(kv1, x2, s, cond) - _denoise(m, x2, s, cond)).abs().max() > 1e-3
+    bare = type(cap)(**{**cap.__dict__, "v": {}})
+    with pytest.raises(ValueError, match=r"AttentionDrag KV Consistency: input 'capture': the capture holds no values"):
+        harness.run_node("DragFusionKVConsistency", model=m, capture=bare, enabled=True, strength=1.0)
+
+
+def test_drag_edit_on_a_dragbench_image(real, host):
+    cap, zl = real["cap"], real["zl"]
+    (mask,) = harness.run_node("DragFusionAutoMask", capture=cap, points=real["points"], tau=2.0, reference="mean",
+                               mask=real["mask"], mask_mode="union").result
+    moved, blank = harness.run_node("DragFusionSemanticMove", capture=cap, latent=zl, points=real["points"], mask=mask).result
+    (filled,) = harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=moved, mask=blank).result
+    z, zm, zf = zl["samples"], moved["samples"], filled["samples"]
+    cells = mask[:, ::8, ::8] > 0.5
+    bc = blank[:, ::8, ::8] > 0.5
+    assert bc.any() and (bc <= cells).all()                               # blanks are mask cells
+    assert not torch.equal(zm, z) and torch.isfinite(zf).all()
+    # the handle moved (V = about -14 cells at 128 px): cells left of the handle changed
+    (hx, hy), (tx, ty) = real["points"].in_cells(8)[0]
+    assert not torch.equal(zm[..., int(hy), int(tx):int(tx) + 2], z[..., int(hy), int(tx):int(tx) + 2])
+    assert torch.equal(zf[~bc[:, None].expand_as(zf)], zm[~bc[:, None].expand_as(zm)])
+    # regeneration and decoding of this edit run in the HTTP test (tests/http/test_attentiondrag_http.py)
