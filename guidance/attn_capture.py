@@ -80,6 +80,8 @@ class AttnCapture:
 
     def nbytes_per_step(self, step: int | None = None) -> int:
         """Bytes of q, k (and v) held for one captured step."""
+        if not self.steps:
+            return 0
         step = self.steps[0] if step is None else step
         return sum(t.numel() * t.element_size() for bank in (self.q, self.k, self.v)
                    for (s, _), t in bank.items() if s == step)
@@ -139,4 +141,4 @@ class AttnCapture:
         b = next(iter(self.q.values())).shape[0] if self.q else 0
         return (f"AttnCapture(latent {w}x{h}, batch {b}, {len(self.sigmas) - 1}-step {self.scheduler or 'custom'} "
                 f"schedule, edit_step {self.edit_step}, steps {list(self.steps)}, layers {list(self.layers)}, "
-                f"v {'yes' if self.v else 'no'}, cfg {self.cfg:g})")
+                f"v {'yes' if self.v else 'no'}, cfg {self.cfg:g}, {self.nbytes_per_step() / 1e6:.2f} MB per step)")

@@ -1,0 +1,305 @@
+"""Inversion with Attention Capture: DDIM / LCM inversion to the edit step, recording the UNet's
+self-attention queries and keys (AttentionDrag, Sec. 3.2-3.3).
+
+The inversion runs through ComfyUI's own sampling machinery: a ``CFGGuider`` (so conditioning,
+model loading, patches, hooks and wrappers are ComfyUI's) drives a ``KSAMPLER`` whose function walks
+the schedule's sigmas upwards (``guidance.ddim_inversion``). The output LATENT is the latent at
+``sigmas[edit_step]`` of ComfyUI's ``steps``-step ``scheduler`` schedule, so KSamplerAdvanced with the
+same steps and scheduler, ``start_at_step = edit_step``, ``add_noise = disable`` and the ``euler`` or
+``ddim`` sampler resumes from it (and, with no edit, returns the input latent up to the DDIM
+inversion error).
+
+Choices the paper leaves open (documented in the tooltips):
+- no ``positive``: a zero conditioning (as ConditioningZeroOut) is used; the paper uses no CFG.
+- ``cfg`` != 1 without ``negative``: the negative is the zeroed positive.
+- the first step starts at sigma 0 and evaluates the model at its smallest trained sigma.
+- an input ``noise_mask`` is ignored by the inversion and passed on with the latent.
+"""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.supported_models
+import comfy.utils
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+from ..attention_patch.capture import SelfAttentionCapture, grid_at_level, self_attention_layers
+from ..guidance.attn_capture import AttnCapture
+from ..guidance.ddim_inversion import ddim_invert, inversion_sigmas
+from ..guidance.errors import input_error
+from .types import CATEGORY_ATTENTIONDRAG, AttnCaptureType, DragPointsType
+
+NODE = "Inversion with Attention Capture"
+PRESETS = ["latent resolution", "decoder at latent resolution", "decoder", "all", "custom"]
+SUPPORTED = ("SD1.5-family checkpoints with epsilon prediction: SD1.5 and its fine-tunes, and LCM / "
+             "LCM-LoRA models (ModelSamplingDiscrete with sampling 'lcm')")
+MAX_STEPS = 1000
+
+
+# ------------------------------------------------------------------------------------ checks
+def check_model(model) -> None:
+    base = getattr(model, "model", None)
+    config = getattr(base, "model_config", None)
+    unet = getattr(base, "diffusion_model", None)
+    try:
+        sampling = model.get_model_object("model_sampling")
+    except AttributeError:
+        sampling = None
+    ok = (isinstance(config, comfy.supported_models.SD15) and isinstance(unet, UNetModel)
+          and getattr(unet, "in_channels", None) == 4
+          and isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete)
+          and isinstance(sampling, comfy.model_sampling.EPS)
+          and not isinstance(sampling, (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.X0)))
+    if not ok:
+        what = f"{type(config).__name__} model, {getattr(unet, 'in_channels', '?')} input channels, {type(sampling).__name__} sampling"
+        raise input_error(NODE, "model", f"this model is not supported ({what}); supported are {SUPPORTED}")
+
+
+def check_latent(latent) -> torch.Tensor:
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or getattr(samples, "is_nested", False) or samples.ndim != 4 or samples.shape[1] != 4:
+        shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) and not samples.is_nested else None
+        raise input_error(NODE, "latent", f"expected an SD1.5 LATENT of shape [batch, 4, height/8, width/8], got {shape}")
+    if samples.shape[0] < 1 or samples.shape[2] < 1 or samples.shape[3] < 1:
+        raise input_error(NODE, "latent", f"the latent is empty ({tuple(samples.shape)})")
+    if not bool(torch.isfinite(samples).all()):
+        raise input_error(NODE, "latent", "the latent holds NaN or infinite values")
+    return samples
+
+
+def check_points(points, latent_hw) -> None:
+    h, w = latent_hw
+    points.validate(NODE, "points", require_pairs=False)
+    if points.width % 8 or points.height % 8:
+        raise input_error(NODE, "points", f"the points' image is {points.width}x{points.height}, which is not a multiple of 8; "
+                          f"this {w}x{h} latent comes from a {8 * w}x{8 * h} image: scale or crop the image to a multiple of 8 "
+                          "before VAE Encode and place the points on that image")
+    if (points.width, points.height) != (8 * w, 8 * h):
+        raise input_error(NODE, "points", f"the points were placed on a {points.width}x{points.height} image but the latent is "
+                          f"{w}x{h} (a {8 * w}x{8 * h} image); the latent must be the image's size / 8")
+
+
+def select_layers(available, preset: str, custom: str) -> tuple:
+    """available: [(key, level)] in UNet order. Returns the chosen layer keys."""
+    keys = [k for k, _ in available]
+    if preset == "latent resolution":
+        chosen = [k for k, lv in available if lv == 0]
+    elif preset == "decoder at latent resolution":
+        chosen = [k for k, lv in available if lv == 0 and k.startswith("output.")]
+    elif preset == "decoder":
+        chosen = [k for k in keys if k.startswith("output.")]
+    elif preset == "all":
+        chosen = list(keys)
+    elif preset == "custom":
+        names = [s.strip() for s in (custom or "").replace(";", ",").replace(" ", ",").split(",") if s.strip()]
+        if not names:
+            raise input_error(NODE, "custom_layers", f"empty; list self-attention layers separated by commas, from: {', '.join(keys)}")
+        unknown = [n for n in names if n not in keys]
+        if unknown:
+            raise input_error(NODE, "custom_layers", f"unknown layer(s) {unknown}; this model's self-attention layers are: {', '.join(keys)}")
+        chosen = [k for k in keys if k in names]
+    else:
+        raise input_error(NODE, "layers", f"unknown preset {preset!r}; choose one of {PRESETS}")
+    if not chosen:
+        raise input_error(NODE, "layers", f"the preset {preset!r} selects no self-attention layer of this model ({', '.join(keys) or 'none'})")
+    return tuple(chosen)
+
+
+def parse_capture_steps(text: str, n_inv: int) -> tuple:
+    text = (text or "").strip().lower()
+    if text in ("", "all"):
+        return tuple(range(n_inv))
+    out = set()
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = (int(p) for p in part.split("-", 1))
+                out.update(range(a, b + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise input_error(NODE, "capture_steps", f"{part!r} is not a step number; write 'all' or e.g. '0, 2, 3-4'") from None
+    bad = sorted(s for s in out if not (0 <= s < n_inv))
+    if bad or not out:
+        raise input_error(NODE, "capture_steps", f"steps {bad or '(none)'} are outside the inversion's steps 0..{n_inv - 1} "
+                          f"(the inversion makes steps - edit_step = {n_inv} UNet calls)")
+    return tuple(sorted(out))
+
+
+def zero_conditioning(model, like=None):
+    if like is not None:
+        out = []
+        for t, d in like:
+            d = dict(d)
+            if d.get("pooled_output") is not None:
+                d["pooled_output"] = torch.zeros_like(d["pooled_output"])
+            out.append([torch.zeros_like(t), d])
+        return out
+    ctx = int(model.model.model_config.unet_config.get("context_dim", 768))
+    return [[torch.zeros((1, 77, ctx)), {}]]
+
+
+# --------------------------------------------------------------------------------- sampling
+def _inversion_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                       sigma_min=0.0, capture=None, capture_steps=(), record=None, progress=None):
+    """KSAMPLER function: DDIM inversion along the ascending ``sigmas``."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    step_sigmas = record.setdefault("step_sigmas", {})
+
+    def on_step(j, s):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        step_sigmas[j] = float(s)
+        if capture is not None:
+            capture.set_step(j if j in capture_steps else None, s)
+
+    def denoise(xx, s):
+        out = model(xx, s * s_in, **extra_args)
+        if progress is not None:
+            progress.update(1)
+        return out
+
+    traj = ddim_invert(denoise, x, sigmas, sigma_min, on_step=on_step)
+    if capture is not None:
+        capture.set_step(None)
+    record["trajectory"] = traj
+    return traj[-1]
+
+
+def run_inversion(model, latent, steps, edit_step, scheduler="normal", cfg=1.0, positive=None, negative=None,
+                  layers=("latent resolution", ""), capture_steps="all", capture_values=False, points=None):
+    """The node's work; ``layers=None`` runs the same inversion with no capture installed
+    (for benchmarks). Returns ``(latent_dict, AttnCapture | None)``."""
+    check_model(model)
+    samples = check_latent(latent)
+    latent_hw = (int(samples.shape[2]), int(samples.shape[3]))
+    if not (isinstance(steps, int) and 1 <= steps <= MAX_STEPS):
+        raise input_error(NODE, "steps", f"{steps!r} is not a step count in 1..{MAX_STEPS}")
+    if not (isinstance(edit_step, int) and 0 <= edit_step < steps):
+        raise input_error(NODE, "edit_step", f"{edit_step!r} must be in 0..{steps - 1} (less than steps = {steps}); "
+                          "sampling resumes at this step of the schedule")
+    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+        raise input_error(NODE, "scheduler", f"unknown scheduler {scheduler!r}; choose one of {comfy.samplers.SCHEDULER_NAMES}")
+    if not (cfg > 0):
+        raise input_error(NODE, "cfg", f"{cfg} must be > 0 (1.0 = no classifier-free guidance)")
+    if points is not None:
+        check_points(points, latent_hw)
+    sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).detach().to("cpu", torch.float32)
+    if len(sigmas) != steps + 1 or float(sigmas[-1]) != 0.0:
+        raise input_error(NODE, "scheduler", f"the {scheduler!r} schedule did not give {steps} steps ending at sigma 0")
+    n_inv = steps - edit_step
+    unet = model.model.diffusion_model
+    chosen, cap_steps, levels = None, (), {}
+    if layers is not None:
+        available = self_attention_layers(unet)
+        chosen = select_layers(available, *layers)
+        cap_steps = parse_capture_steps(capture_steps, n_inv)
+        levels = dict(available)
+
+    m = model.clone()
+    capture = None
+    if chosen is not None:
+        capture = SelfAttentionCapture(chosen, with_v=capture_values)
+        capture.install(m)
+    if positive is None:
+        positive = zero_conditioning(model)
+    if negative is None:
+        negative = zero_conditioning(model, positive)
+
+    guider = comfy.samplers.CFGGuider(m)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(float(cfg))
+    record = {}
+    progress = comfy.utils.ProgressBar(n_inv)
+    sampler = comfy.samplers.KSAMPLER(_inversion_sampler, extra_options=dict(
+        sigma_min=float(sampling.sigma_min), capture=capture, capture_steps=cap_steps,
+        record=record, progress=progress))
+    up = inversion_sigmas(sigmas, edit_step)
+    noise = torch.zeros_like(samples, device="cpu")
+    out = guider.sample(noise, samples, sampler, up, disable_pbar=True, seed=0)
+    inter = comfy.model_management.intermediate_device()
+    result = dict(latent)
+    result["samples"] = out.to(inter)
+    if capture is None:
+        return result, None
+
+    banks = capture.take()
+    trajectory = tuple(t.detach().to(inter, torch.float32) for t in record["trajectory"])
+    layer_hw = {k: banks["layer_hw"].get(k, grid_at_level(latent_hw, levels[k])) for k in chosen}
+    missing = [(s, k) for s in cap_steps for k in chosen if (s, k) not in banks["q"]]
+    if missing:
+        raise RuntimeError(f"{NODE}: the UNet did not run the self-attention of {missing[:4]}; is another patch replacing it?")
+    cap = AttnCapture(latent_hw=latent_hw, sigmas=sigmas, edit_step=edit_step, trajectory=trajectory,
+                      steps=cap_steps, layers=chosen, layer_hw=layer_hw, q=banks["q"], k=banks["k"], v=banks["v"],
+                      step_sigmas=dict(record.get("step_sigmas", {})), scheduler=scheduler, cfg=float(cfg))
+    return result, cap.validate(NODE, "capture")
+
+
+# -------------------------------------------------------------------------------------- node
+class InvertWithAttentionCapture(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DragFusionInvertCapture",
+            display_name=NODE,
+            category=CATEGORY_ATTENTIONDRAG,
+            description=("Deterministic DDIM inversion (or LCM, on a model patched with ModelSamplingDiscrete 'lcm') of "
+                         "the latent up to the edit step of the steps-step schedule, recording the queries and keys of "
+                         "the UNet's self-attention (AttentionDrag). Resume with KSamplerAdvanced: same steps and "
+                         "scheduler, start_at_step = edit_step, add_noise disable, sampler euler or ddim. "
+                         f"Supports {SUPPORTED}."),
+            inputs=[
+                io.Model.Input("model", tooltip=f"The diffusion model. Supported: {SUPPORTED}. It is not modified; the capture is installed on a clone."),
+                io.Latent.Input("latent", tooltip="The VAE-encoded image to invert (any batch size). A noise_mask is not used here and is passed on."),
+                io.Int.Input("steps", default=10, min=1, max=MAX_STEPS,
+                             tooltip="Steps of the whole schedule (the paper: 10). Use the same value in the sampler that resumes."),
+                io.Int.Input("edit_step", default=5, min=0, max=MAX_STEPS - 1,
+                             tooltip="Invert up to this step of the schedule (the paper: 5); must be less than steps. "
+                                     "Resume with start_at_step = edit_step. The inversion makes steps - edit_step UNet calls."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
+                               tooltip="ComfyUI scheduler of the schedule; use the same one when resuming. With LCM models 'simple' or 'sgm_uniform'."),
+                io.Float.Input("cfg", default=1.0, min=0.01, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance during the inversion; 1.0 = none (as in the paper) and one UNet batch per step."),
+                io.Combo.Input("layers", options=PRESETS, default="latent resolution",
+                               tooltip="Self-attention layers to record. 'latent resolution': every layer whose token grid is the "
+                                       "latent grid (default); 'decoder at latent resolution'; 'decoder': all output blocks; 'all'; "
+                                       "'custom': the list in custom_layers."),
+                io.String.Input("custom_layers", default="", optional=True,
+                                tooltip="With layers = custom: comma-separated layer keys 'block.number.index', e.g. 'output.9.0, output.10.0' "
+                                        "(block and number as in ComfyUI's attn1 patches, index of the transformer block)."),
+                io.String.Input("capture_steps", default="all", optional=True,
+                                tooltip="Inversion steps to record: 'all' or numbers/ranges like '0, 2-4'. Step j is the j-th UNet call, "
+                                        "from the clean latent (j = 0) towards the edit step."),
+                io.Boolean.Input("capture_values", default=False, optional=True,
+                                 tooltip="Also record the values (v) of the self-attention, for KV consistency during regeneration (+50% memory)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Prompt describing the image (optional). Without it a zero conditioning is used."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative prompt, used only when cfg != 1; without it the zeroed positive is used."),
+                DragPointsType.Input("points", optional=True,
+                                     tooltip="Drag points, checked against the latent: they must be placed on the image of 8 x the latent's size, inside it."),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip="The latent at the edit step; resume sampling from it with start_at_step = edit_step."),
+                AttnCaptureType.Output(display_name="capture", tooltip="Trajectory, schedule and the recorded self-attention queries/keys (ATTN_CAPTURE)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, steps=10, edit_step=5, scheduler="normal", cfg=1.0, layers="latent resolution",
+                custom_layers="", capture_steps="all", capture_values=False, positive=None, negative=None, points=None):
+        out, cap = run_inversion(model, latent, steps, edit_step, scheduler, cfg, positive, negative,
+                                 layers=(layers, custom_layers), capture_steps=capture_steps,
+                                 capture_values=capture_values, points=points)
+        return io.NodeOutput(out, cap)
+
+
+NODES = [InvertWithAttentionCapture]

@@ -1,0 +1,217 @@
+"""Self-attention capture and the inversion node in the real ComfyUI (tiny SD1.5 checkpoint, CPU)."""
+import copy
+
+import pytest
+import torch
+
+import harness
+
+NODE_ID = "DragFusionInvertCapture"
+
+
+@pytest.fixture(scope="module")
+def tiny(host):
+    model, clip, _vae = host.CheckpointLoaderSimple().load_checkpoint(harness.TINY_CKPT)[:3]
+    pos = host.CLIPTextEncode().encode(clip, "a photo of a cat")[0]
+    neg = host.CLIPTextEncode().encode(clip, "")[0]
+    return model, pos, neg
+
+
+def _pack_modules():
+    """The pack's capture and inversion modules as the host loaded them."""
+    import sys
+    node_module = harness.load_host().NODE_CLASS_MAPPINGS[NODE_ID].__module__  # "<pack>.nodes.inversion"
+    base = node_module.rsplit(".nodes.", 1)[0]
+    return sys.modules[base + ".attention_patch.capture"], sys.modules[node_module]
+
+
+def run(model, latent, **kw):
+    out = harness.run_node(NODE_ID, model=model, latent=latent, **kw)
+    return out.result
+
+
+def latent(seed, b=1, hw=(8, 8)):
+    return {"samples": torch.randn(b, 4, *hw, generator=torch.Generator().manual_seed(seed))}
+
+
+def model_state(model):
+    return (copy.deepcopy(model.model_options), {k: {kk: list(vv) for kk, vv in v.items()} for k, v in model.wrappers.items()},
+            dict(model.object_patches), {k: list(v) for k, v in model.patches.items()})
+
+
+def eps_invariant(x):
+    """Varies with x, constant along every DDIM path (channel 1 never moves): exactly invertible."""
+    eps = torch.zeros_like(x)
+    eps[:, 0] = torch.tanh(2 * x[:, 1]) + 0.5
+    return eps
+
+
+def analytic(model):
+    """A clone whose denoiser is x - sigma * eps_invariant(x); the real UNet still runs (and is captured)."""
+    m = model.clone()
+
+    def wrapper(apply_model, args):
+        x, sigma = args["input"], args["timestep"]
+        apply_model(x, sigma, **args["c"])
+        return x - sigma.view(-1, 1, 1, 1) * eps_invariant(x)
+
+    m.set_model_unet_function_wrapper(wrapper)
+    return m
+
+
+# ------------------------------------------------------------------------------- the patch
+def test_patched_unet_output_equals_unpatched_and_records_the_cond_half(tiny, host):
+    capture_mod, _ = _pack_modules()
+    model, pos, neg = tiny
+    unet = model.model.diffusion_model
+    layers = [k for k, lv in capture_mod.self_attention_layers(unet) if lv == 0]
+    assert layers == ["input.1.0", "output.0.0", "output.1.0"]
+    m = model.clone()
+    cap = capture_mod.SelfAttentionCapture(layers, with_v=True)
+    cap.install(m)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 4, 8, 6, generator=g)
+    t = torch.tensor([500.0, 500.0, 120.0, 120.0])
+    ctx = torch.cat([neg[0][0], neg[0][0], pos[0][0], pos[0][0]])
+    seen = {}
+    attn1 = unet.input_blocks[1][1].transformer_blocks[0].attn1
+    hook = attn1.to_q.register_forward_hook(lambda mod, inp, out: seen.setdefault("q", out.detach().clone()))
+    try:
+        ref = model.model.diffusion_model(x, t, context=ctx, transformer_options={"cond_or_uncond": [1, 0]})
+        seen.clear()
+        cap.set_step(2, 1.5)
+        opts = dict(m.model_options["transformer_options"], cond_or_uncond=[1, 0])
+        got = m.model.diffusion_model(x, t, context=ctx, transformer_options=opts)
+    finally:
+        hook.remove()
+    assert got.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert cap.calls == 3
+    q = cap.q[(2, "input.1.0")]
+    assert q.shape == (2, 8, 48, 40) and q.dtype == torch.float16
+    import comfy.model_management
+    assert q.device == comfy.model_management.intermediate_device()
+    expect = seen["q"][2:].reshape(2, 48, 8, 40).permute(0, 2, 1, 3)  # the cond half (second chunk)
+    torch.testing.assert_close(q.float(), expect, atol=2e-3, rtol=2e-3)
+    assert set(cap.v) == set(cap.k) == set(cap.q) and cap.layer_hw["output.1.0"] == (8, 6)
+
+
+def test_patched_sampling_equals_unpatched_with_cfg(tiny, host):
+    capture_mod, _ = _pack_modules()
+    model, pos, neg = tiny
+    m = model.clone()
+    cap = capture_mod.SelfAttentionCapture(["input.1.0", "output.1.0"])
+    cap.install(m)
+    lat = latent(5, b=2)
+    a = host.common_ksampler(model, 7, 2, 3.0, "euler", "normal", pos, neg, lat)[0]["samples"]
+    b = host.common_ksampler(m, 7, 2, 3.0, "euler", "normal", pos, neg, lat)[0]["samples"]
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    assert cap.calls == 2 * 2  # two steps, two layers, cond and uncond in one batch
+    assert not cap.q  # no step set: nothing recorded
+
+
+def test_state_is_reset_at_the_start_of_every_sampling_call(tiny, host):
+    capture_mod, _ = _pack_modules()
+    model, pos, neg = tiny
+    m = model.clone()
+    cap = capture_mod.SelfAttentionCapture(["output.0.0"])
+    cap.install(m)
+    cap.set_step(7, 1.0)
+    cap.q[("junk", "x")] = torch.zeros(1)
+    host.common_ksampler(m, 1, 1, 1.0, "euler", "normal", pos, neg, latent(1))
+    assert cap.step is None and not cap.q and not cap.k and not cap.step_sigmas
+    assert copy.deepcopy(m.model_options)["transformer_options"]["patches_replace"]["attn1"][("output", 0, 0)] is cap
+
+
+# -------------------------------------------------------------------------------- the node
+def test_node_captures_the_contract_and_leaves_the_model_alone(tiny):
+    model, pos, _ = tiny
+    before = model_state(model)
+    lat = latent(11, b=2, hw=(8, 6))
+    out, cap = run(model, lat, steps=10, edit_step=6, positive=pos, capture_values=True)
+    assert model_state(model) == before
+    assert cap.latent_hw == (8, 6) and cap.edit_step == 6 and len(cap.sigmas) == 11
+    assert cap.steps == (0, 1, 2, 3) and cap.layers == ("input.1.0", "output.0.0", "output.1.0")
+    assert len(cap.trajectory) == 5
+    for (s, l), q in cap.q.items():
+        assert q.shape == (2, 8, 48, 40) and q.dtype == torch.float16 and q.device.type == "cpu"
+        assert cap.k[(s, l)].shape == cap.v[(s, l)].shape == q.shape
+    assert cap.layer_hw == {l: (8, 6) for l in cap.layers}
+    n = 10
+    for j in cap.steps:
+        assert cap.step_sigmas[j] == pytest.approx(max(float(cap.sigmas[n - j]), float(model.get_model_object("model_sampling").sigma_min)))
+    torch.testing.assert_close(cap.trajectory[0], lat["samples"] * 0.18215)
+    torch.testing.assert_close(cap.trajectory[-1], out["samples"] * 0.18215, atol=1e-6, rtol=1e-6)
+    rows = cap.rows(torch.tensor([0, 5, 47]))
+    assert rows.shape == (2, 3, 48)
+    torch.testing.assert_close(rows.sum(-1), torch.ones(2, 3), atol=1e-4, rtol=0)
+    # a second run holds only its own data
+    out2, cap2 = run(model, latent(12, hw=(8, 6)), steps=6, edit_step=4, capture_steps="1", layers="custom",
+                     custom_layers="output.1.0")
+    assert cap2.steps == (1,) and cap2.layers == ("output.1.0",) and set(cap2.q) == {(1, "output.1.0")}
+    assert not cap2.v and len(cap2.trajectory) == 3
+    assert model_state(model) == before
+
+
+@pytest.mark.parametrize("kind,scheduler,sampler", [("eps", "normal", "euler"), ("eps", "ddim_uniform", "ddim"),
+                                                     ("lcm", "simple", "euler")])
+def test_invert_then_ksampler_advanced_returns_the_start_latent(tiny, host, kind, scheduler, sampler):
+    model, pos, neg = tiny
+    if kind == "lcm":
+        import comfy_extras.nodes_model_advanced as adv
+        model = adv.ModelSamplingDiscrete().patch(model, "lcm", False)[0]
+    m = analytic(model)
+    lat = latent(21, hw=(8, 8))
+    steps, edit = 5, 2
+    out, cap = run(m, lat, steps=steps, edit_step=edit, scheduler=scheduler, positive=pos)
+    ms = model.get_model_object("model_sampling")
+    import comfy.samplers
+    torch.testing.assert_close(cap.sigmas, comfy.samplers.calculate_sigmas(ms, scheduler, steps).float())
+    assert not torch.allclose(out["samples"], lat["samples"], atol=0.1)
+    back = host.KSamplerAdvanced().sample(m, "disable", 0, steps, 1.0, sampler, scheduler, pos, neg, out,
+                                          edit, 10000, "disable")[0]["samples"]
+    torch.testing.assert_close(back, lat["samples"], atol=1e-4, rtol=1e-4)
+
+
+def test_comfy_schedules_match_the_reference_schedules(tiny):
+    from dragfusion.guidance.ddim_inversion import schedule_sigmas
+    import comfy.samplers
+    import comfy_extras.nodes_model_advanced as adv
+    model = tiny[0]
+    ms = model.get_model_object("model_sampling")
+    torch.testing.assert_close(comfy.samplers.calculate_sigmas(ms, "ddim_uniform", 10).float(), schedule_sigmas(10), atol=1e-4, rtol=1e-4)
+    lcm = adv.ModelSamplingDiscrete().patch(model, "lcm", False)[0].get_model_object("model_sampling")
+    torch.testing.assert_close(comfy.samplers.calculate_sigmas(lcm, "simple", 10).float(), schedule_sigmas(10, lcm=True), atol=1e-4, rtol=1e-4)
+
+
+def test_bad_inputs_raise_value_errors_naming_node_and_input(tiny):
+    from dragfusion.guidance.drag_points import DragPoints
+    import comfy_extras.nodes_model_advanced as adv
+    model = tiny[0]
+    lat = latent(1)
+    cases = [
+        (dict(steps=5, edit_step=5), "input 'edit_step'.*0..4"),
+        (dict(points=DragPoints(64, 64, (((10.0, 10.0), (70.0, 10.0)),))), "input 'points'.*outside the 64x64 image"),
+        (dict(points=DragPoints(60, 60, (((10.0, 10.0), (20.0, 10.0)),))), "input 'points'.*not a multiple of 8"),
+        (dict(points=DragPoints(128, 128, (((10.0, 10.0), (20.0, 10.0)),))), "input 'points'.*128x128 image but the latent is 8x8"),
+        (dict(layers="custom", custom_layers="output.9.0"), "input 'custom_layers'.*input.1.0"),
+        (dict(capture_steps="0, 7"), "input 'capture_steps'.*0..4"),
+        (dict(scheduler="nope"), "input 'scheduler'"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match="Inversion with Attention Capture: " + msg):
+            run(model, lat, **{"steps": 10, "edit_step": 5, **kw})
+    vpred = adv.ModelSamplingDiscrete().patch(model, "v_prediction", False)[0]
+    with pytest.raises(ValueError, match="input 'model'.*SD1.5-family"):
+        run(vpred, lat)
+    with pytest.raises(ValueError, match="input 'latent'"):
+        run(model, {"samples": torch.zeros(1, 16, 8, 8)})
+
+
+def test_schema_has_tooltips_and_category(host):
+    cls = host.NODE_CLASS_MAPPINGS[NODE_ID]
+    info = cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, spec in info.get(section, {}).items():
+            assert spec[1].get("tooltip"), name
+    assert cls.CATEGORY == "DragFusion/AttentionDrag"
