@@ -17,9 +17,8 @@ One function per equation / algorithm line:
     proximal_guided_noise    Alg. 1 line 6: eps = eps_src + w * prox(eps_tar - eps_src)
     unedited_mask            Alg. 1 line 7: M = |eps_tar - eps_src| <= lambda
     inversion_guidance_step  Alg. 1 line 11: z <- z - eta * M * (z - z*)
-    ddim_step                Alg. 1 lines 8-9 in sigma space (either direction)
-    ddim_inversion_step      Alg. 1 line 1, one step upwards
-    ddim_invert / ddim_sample / pni_sample   reference loops over a given eps function
+    ddim_step, ddim_invert   Alg. 1 lines 8-9 and line 1 in sigma space: reused from guidance/ddim_inversion.py
+    pni_sample               Alg. 1 lines 2-14 as a plain loop over given eps functions (the reference)
 
 ``PNIGuidance`` is the per-step logic of PNI sampling expressed on the model's *denoised* predictions,
 the quantity a ComfyUI guider returns: given x, sigma and the source / target denoised predictions it
@@ -33,7 +32,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from .ddim_inversion import ddim_invert, ddim_step, eps_from_denoised
 from .inversion_data import PROX_MODES
+
+__all__ = ["prox_l1_soft_threshold", "prox_l0_hard_threshold", "prox", "proximal_guided_noise", "unedited_mask",
+           "inversion_guidance_step", "ddim_step", "ddim_invert", "eps_from_denoised", "denoised_from_eps",
+           "pni_sample", "pni_guided_denoised", "PNIGuidance"]
 
 
 # --- Eq. 8-10: proximal operators -------------------------------------------------------------
@@ -89,68 +93,17 @@ def inversion_guidance_step(z: torch.Tensor, z_star: torch.Tensor, mask: torch.T
     return z - eta * mask * (z - z_star)
 
 
-# --- DDIM in ComfyUI's sigma space ------------------------------------------------------------
-
-def _bcast(sigma, like: torch.Tensor) -> torch.Tensor:
-    s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
-    if s.ndim == 0 or s.numel() == 1:
-        return s.reshape(())
-    return s.reshape(s.shape[:1] + (1,) * (like.ndim - 1))
-
-
-def eps_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma) -> torch.Tensor:
-    """eps = (x - denoised) / sigma (sigma > 0)."""
-    return (x - denoised) / _bcast(sigma, x)
-
+# --- DDIM in ComfyUI's sigma space: the step functions of guidance/ddim_inversion.py ----------
+# ddim_step(x, sigma, sigma_next, eps) = x + (sigma_next - sigma)*eps  (Algorithm 1 lines 8-9: x0^ = x - sigma*eps,
+# x_next = x0^ + sigma_next*eps; upwards it is one DDIM inversion step, Algorithm 1 line 1) and ddim_invert
+# (the inversion loop, eps taken at max(sigma, sigma_min) on the current latent) are reused from there.
 
 def denoised_from_eps(x: torch.Tensor, eps: torch.Tensor, sigma) -> torch.Tensor:
-    """denoised = x - sigma * eps."""
-    return x - _bcast(sigma, x) * eps
-
-
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
-    """Algorithm 1 lines 8-9 in sigma space: x0^ = x - sigma*eps; x_next = x0^ + sigma_next*eps.
-
-    Identical to ComfyUI's euler / ddim sampler step for an eps model; with sigma_next > sigma it is one
-    DDIM inversion step."""
-    return denoised_from_eps(x, eps, sigma) + _bcast(sigma_next, x) * eps
-
-
-def ddim_inversion_step(x: torch.Tensor, eps: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
-    """One DDIM inversion step (Algorithm 1 line 1), sigma < sigma_next: x_next = x + (sigma_next - sigma)*eps.
-
-    The usual approximation takes eps from the model at the *higher* sigma_next on the current x (as the
-    diffusers / null-text-inversion code does), which also avoids evaluating the model at sigma = 0."""
-    if float(torch.as_tensor(sigma_next).max()) < float(torch.as_tensor(sigma).min()):
-        raise ValueError("ddim_inversion_step walks upwards: sigma_next must be >= sigma")
-    return ddim_step(x, eps, sigma, sigma_next)
+    """denoised = x - sigma * eps (sigma a float: one noise level for the whole batch)."""
+    return x - sigma * eps
 
 
 EpsFn = Callable[[torch.Tensor, float], torch.Tensor]
-
-
-def ddim_invert(eps_fn: EpsFn, x0: torch.Tensor, sigmas: Sequence[float]) -> list[torch.Tensor]:
-    """DDIM inversion along a *descending* sampling schedule ``sigmas`` (sigma_max ... 0).
-
-    Walks the sigmas upwards; ``eps_fn(x, sigma)`` is evaluated at the higher sigma of each step.
-    Returns the trajectory aligned with ``sigmas``: [x*_T, ..., x*_0 = x0]."""
-    sig = [float(s) for s in sigmas]
-    traj = [x0]
-    x = x0
-    for k in range(len(sig) - 1, 0, -1):
-        lo, hi = sig[k], sig[k - 1]
-        x = ddim_inversion_step(x, eps_fn(x, hi), lo, hi)
-        traj.append(x)
-    return traj[::-1]
-
-
-def ddim_sample(eps_fn: EpsFn, x_T: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
-    """Deterministic DDIM sampling along descending ``sigmas``; eps_fn evaluated at the current sigma."""
-    sig = [float(s) for s in sigmas]
-    x = x_T
-    for i in range(len(sig) - 1):
-        x = ddim_step(x, eps_fn(x, sig[i]), sig[i], sig[i + 1])
-    return x
 
 
 def pni_sample(eps_src_fn: EpsFn, eps_tar_fn: EpsFn, trajectory: Sequence[torch.Tensor], sigmas: Sequence[float],
@@ -167,7 +120,7 @@ def pni_sample(eps_src_fn: EpsFn, eps_tar_fn: EpsFn, trajectory: Sequence[torch.
     for i in range(n):
         e_src, e_tar = eps_src_fn(x, sig[i]), eps_tar_fn(x, sig[i])
         eps = proximal_guided_noise(e_src, e_tar, cfg, lam, mode)
-        x = ddim_step(x, eps, sig[i], sig[i + 1])
+        x = ddim_step(x, sig[i], sig[i + 1], eps)
         if eta > 0 and i < until:
             x = inversion_guidance_step(x, trajectory[i + 1], unedited_mask(e_src, e_tar, lam), eta)
     return x
@@ -175,8 +128,8 @@ def pni_sample(eps_src_fn: EpsFn, eps_tar_fn: EpsFn, trajectory: Sequence[torch.
 
 # --- the per-step logic on denoised predictions (what a ComfyUI guider returns) ---------------
 
-def pni_guided_denoised(x: torch.Tensor, sigma, sigma_next, denoised_src: torch.Tensor, denoised_tar: torch.Tensor,
-                        cfg: float, lam: float, mode: str = "L1", eta: float = 0.0,
+def pni_guided_denoised(x: torch.Tensor, sigma: float, sigma_next: float | None, denoised_src: torch.Tensor,
+                        denoised_tar: torch.Tensor, cfg: float, lam: float, mode: str = "L1", eta: float = 0.0,
                         z_star_next: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of Algorithm 1 expressed as a denoised prediction.
 
@@ -191,12 +144,11 @@ def pni_guided_denoised(x: torch.Tensor, sigma, sigma_next, denoised_src: torch.
     denoised = denoised_from_eps(x, eps, sigma)
     if z_star_next is None or eta == 0 or sigma_next is None:
         return denoised, mask
-    x_next = ddim_step(x, eps, sigma, sigma_next)
+    x_next = ddim_step(x, sigma, sigma_next, eps)
     x_guided = inversion_guidance_step(x_next, z_star_next, mask, eta)
     # x_next = r*x + (1 - r)*denoised with r = sigma_next / sigma, so a shift of x_next by delta is a shift
     # of denoised by delta / (1 - r); r < 1 on a descending schedule.
-    r = _bcast(sigma_next, x) / _bcast(sigma, x)
-    return denoised + (x_guided - x_next) / (1 - r), mask
+    return denoised + (x_guided - x_next) / (1.0 - sigma_next / sigma), mask
 
 
 class PNIGuidance:
@@ -244,6 +196,7 @@ class PNIGuidance:
 
     def denoised(self, x: torch.Tensor, sigma, denoised_src: torch.Tensor, denoised_tar: torch.Tensor) -> torch.Tensor:
         i = self.step_index(sigma)
+        sigma = float(torch.as_tensor(sigma).flatten()[0])  # ComfyUI samples a batch at one noise level
         guide = i is not None and self.eta > 0 and i < self.guidance_until
         sigma_next = self.sigmas[i + 1] if i is not None else None
         z_star = self.target(i + 1, x) if guide else None

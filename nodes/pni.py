@@ -19,7 +19,7 @@ from comfy_api.latest import io
 
 from ..guidance.errors import input_error
 from ..guidance.inversion_data import PROX_MODES, Inversion
-from ..guidance.pni import ddim_inversion_step, eps_from_denoised
+from ..guidance.ddim_inversion import ddim_invert
 from .types import CATEGORY_VERSAFUSION, InversionType
 
 INVERT = "PNI Invert"
@@ -41,14 +41,16 @@ def schedule(model, scheduler: str, steps: int, node: str = INVERT) -> torch.Ten
     if scheduler not in comfy.samplers.SCHEDULER_NAMES:
         raise input_error(node, "scheduler", f"{scheduler!r} is not one of {comfy.samplers.SCHEDULER_NAMES}")
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu().float()
-    if len(sigmas) != steps + 1 or not bool((sigmas[1:] < sigmas[:-1]).all()) or float(sigmas[-1]) != 0.0:
-        raise input_error(node, "scheduler", f"{scheduler!r} with {steps} steps does not give {steps + 1} strictly "
-                                             f"descending sigmas ending at 0; choose another scheduler or step count")
+    # (ComfyUI's ddim_uniform gives one step more for step counts that do not divide 1000 evenly, as in KSampler)
+    if len(sigmas) < 2 or not bool((sigmas[1:] < sigmas[:-1]).all()) or float(sigmas[-1]) != 0.0:
+        raise input_error(node, "scheduler", f"{scheduler!r} with {steps} steps does not give strictly descending "
+                                             f"sigmas ending at 0; choose another scheduler or step count")
     return sigmas
 
 
 class _TrajectoryRecorder:
-    """The KSAMPLER function of the inversion: walks ascending sigmas, records every latent."""
+    """The KSAMPLER function of the inversion: walks ascending sigmas with guidance/ddim_inversion.py's
+    ddim_invert (eps at max(sigma, sigma_min) on the current latent) and records every latent."""
 
     def __init__(self, steps: int):
         self.trajectory: list[torch.Tensor] = []
@@ -58,18 +60,20 @@ class _TrajectoryRecorder:
         extra_args = {} if extra_args is None else extra_args
         s_in = x.new_ones([x.shape[0]])
         keep = comfy.model_management.intermediate_device()
-        self.trajectory = [x.detach().to(keep, copy=True)]
-        for k in range(len(sigmas) - 1):
+        sigma_min = float(model.inner_model.inner_model.model_sampling.sigma_min)
+
+        def denoise(z, sigma):
+            return model(z, sigma * s_in, **extra_args)
+
+        def on_step(j, sigma):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            lo, hi = sigmas[k], sigmas[k + 1]
-            # eps from the higher sigma on the current latent (the usual DDIM-inversion approximation)
-            denoised = model(x, hi * s_in, **extra_args)
-            if callback is not None:
-                callback({"x": x, "i": k, "sigma": hi, "sigma_hat": hi, "denoised": denoised})
-            x = ddim_inversion_step(x, eps_from_denoised(x, denoised, hi), lo, hi)
-            self.trajectory.append(x.detach().to(keep, copy=True))
-            self.pbar.update(1)
-        return x
+            if j > 0:
+                self.pbar.update(1)
+
+        xs = ddim_invert(denoise, x, sigmas, sigma_min=sigma_min, on_step=on_step)
+        self.pbar.update(1)
+        self.trajectory = [z.detach().to(keep, copy=True) for z in xs]
+        return xs[-1]
 
 
 def ddim_invert_with_comfy(model, latent_image: torch.Tensor, cond, sigmas: torch.Tensor, seed: int = 0):
@@ -170,6 +174,8 @@ class PNIInvert(io.ComfyNode):
             raise input_error(INVERT, "source", "expected a non-empty CONDITIONING (CLIP Text Encode of the source prompt)")
         check_eps_model(model, INVERT)
         sigmas = schedule(model, scheduler, steps)
+        if guidance_until == steps:  # "all steps", also when the scheduler made one more
+            guidance_until = len(sigmas) - 1
         z_T, trajectory = ddim_invert_with_comfy(model, samples, source, sigmas)
         inversion = Inversion(sigmas=sigmas, trajectory=trajectory, source_cond=source, cfg=float(cfg), lam=float(lam),
                               prox=prox, eta=float(eta), guidance_until=int(guidance_until),

@@ -101,3 +101,33 @@ SPECS["attention_drag_inpaint.json"] = (ATTENTION_DRAG_INPAINT, [
     "attend to (Attention Interpolate, mode 'inpaint', Eq. 13 renormalised), then regenerated from step 5 of 10 "
     "with KSamplerAdvanced. KV consistency is switched off here: the saved keys/values would pull the removed "
     "content back. The saved image shows original | original | mask | result."])
+
+# PNI (issue 6): invert a real photo with its own prompt, edit it with a target prompt through the PNI Guider.
+PNI_EDIT = [
+    {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100],
+     "widgets": {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"}},
+    {"id": 2, "type": "DragFusionLoadDragBenchSample", "pos": [50, 300],
+     "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
+    {"id": 3, "type": "VAEEncode", "pos": [450, 300], "links": {"pixels": [2, 0], "vae": [1, 2]}},
+    {"id": 4, "type": "CLIPTextEncode", "pos": [450, 450], "title": "source prompt (the sample's own)",
+     "widgets": {"text": ""}, "links": {"clip": [1, 1], "text": [2, 3]}},
+    {"id": 5, "type": "CLIPTextEncode", "pos": [450, 650], "title": "target prompt",
+     "widgets": {"text": "a photo of a cat"}, "links": {"clip": [1, 1]}},
+    {"id": 6, "type": "DragFusionPNIInvert", "pos": [850, 100],
+     "links": {"model": [1, 0], "latent": [3, 0], "source": [4, 0]}},
+    {"id": 7, "type": "DragFusionPNIGuider", "pos": [1250, 100],
+     "links": {"model": [1, 0], "inversion": [6, 0], "target": [5, 0]}},
+    {"id": 8, "type": "DisableNoise", "pos": [1250, 300]},
+    {"id": 9, "type": "KSamplerSelect", "pos": [1250, 400], "widgets": {"sampler_name": "ddim"}},
+    {"id": 10, "type": "SamplerCustomAdvanced", "pos": [1650, 100],
+     "links": {"noise": [8, 0], "guider": [7, 0], "sampler": [9, 0], "sigmas": [6, 2], "latent_image": [6, 1]}},
+    {"id": 11, "type": "VAEDecode", "pos": [2050, 100], "links": {"samples": [10, 0], "vae": [1, 2]}},
+    {"id": 12, "type": "SaveImage", "pos": [2350, 100], "widgets": {"filename_prefix": "dragfusion_pni_edit"},
+     "links": {"images": [11, 0]}},
+]
+SPECS["pni_edit.json"] = (PNI_EDIT, [
+    "Proximal Negative-Prompt Inversion (VersaFusion Algorithm 1): PNI Invert DDIM-inverts the photo with its own "
+    "prompt (50 steps, ddim_uniform); PNI Guider samples it back with the target prompt, the source prompt as the "
+    "negative, the CFG difference through prox_lambda (L1/L0) and the unedited region pulled towards the inversion "
+    "(eta). Sample with DisableNoise, ddim (or euler) and PNI Invert's own sigmas and z_T. With target = source "
+    "it reconstructs the photo. Use an SD1.5-family checkpoint."])

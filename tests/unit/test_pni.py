@@ -127,8 +127,8 @@ def test_inversion_guidance_step():
 
 # --- DDIM in sigma space ----------------------------------------------------------------------
 
-def test_ddim_step_hand_value_and_alpha_space_equivalence():
-    assert pni.ddim_step(torch.tensor(1.0), torch.tensor(0.5), 2.0, 1.0).item() == pytest.approx(0.5)
+def test_ddim_step_is_algorithm_1_lines_8_9_in_alpha_space():
+    assert pni.ddim_step(torch.tensor(1.0), 2.0, 1.0, torch.tensor(0.5)).item() == pytest.approx(0.5)
     # Algorithm 1 lines 8-9 in alpha space, z = sqrt(a) x, sigma = sqrt((1 - a)/a)
     g = torch.Generator().manual_seed(4)
     z_t, eps = torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g)
@@ -136,43 +136,36 @@ def test_ddim_step_hand_value_and_alpha_space_equivalence():
     z0 = z_t / math.sqrt(a_t) - math.sqrt(1 / a_t - 1) * eps
     z_prev = math.sqrt(a_prev) * z0 + math.sqrt(1 - a_prev) * eps
     s = lambda a: math.sqrt((1 - a) / a)
-    x_prev = pni.ddim_step(z_t / math.sqrt(a_t), eps, s(a_t), s(a_prev))
+    x_prev = pni.ddim_step(z_t / math.sqrt(a_t), s(a_t), s(a_prev), eps)
     assert torch.allclose(x_prev * math.sqrt(a_prev), z_prev, atol=1e-12)
-    with pytest.raises(ValueError):
-        pni.ddim_inversion_step(z_t, eps, 2.0, 1.0)
-
-
-def test_eps_denoised_roundtrip_with_batched_sigma():
-    g = torch.Generator().manual_seed(5)
-    x, eps = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
-    sigma = torch.tensor([0.5, 1.0, 7.0])
-    d = pni.denoised_from_eps(x, eps, sigma)
-    assert torch.allclose(pni.eps_from_denoised(x, d, sigma), eps, atol=1e-12)
-    assert torch.allclose(d[2], x[2] - 7.0 * eps[2])
+    d = pni.denoised_from_eps(z_t, eps, 0.7)
+    assert torch.allclose(pni.eps_from_denoised(z_t, d, 0.7), eps, atol=1e-12)
 
 
 SIGMAS = torch.tensor([14.6, 6.0, 2.5, 1.1, 0.45, 0.12, 0.0], dtype=torch.float64)
+SIGMA_MIN = 0.03
 
 
-def _sigma_only_eps(seed):
-    """An eps that depends on sigma only: DDIM inversion is then exactly invertible."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(1, 4, 8, 8, generator=g)
-    return lambda x, s: base * (0.5 + 0.3 * math.sin(s))
+def invert(eps_fn, x0):
+    """guidance/ddim_inversion.py's loop; returns the trajectory aligned with SIGMAS (x*_T first)."""
+    up = pni.ddim_invert(lambda x, s: pni.denoised_from_eps(x, eps_fn(x, float(s)), float(s)), x0, SIGMAS.flip(0),
+                         sigma_min=SIGMA_MIN)
+    return up[::-1]
 
 
 @pytest.mark.parametrize("mode", ["L1", "L0"])
 def test_inversion_then_pni_sampling_returns_the_start_latent(mode):
+    """eps constant along the path: DDIM inversion is exactly invertible, so must PNI sampling be."""
     g = torch.Generator().manual_seed(6)
     x0 = torch.randn(1, 4, 8, 8, generator=g)
-    eps_src = _sigma_only_eps(7)
-    eps_tar = eps_src  # target = source
-    traj = pni.ddim_invert(eps_src, x0, SIGMAS)
+    base = torch.randn(1, 4, 8, 8, generator=g)
+    eps_src = lambda x, s: base
+    traj = invert(eps_src, x0)
     assert len(traj) == len(SIGMAS) and traj[-1] is x0
+    assert torch.allclose(traj[0], x0 + 14.6 * base)
     for eta in (0.0, 0.3):
-        out = pni.pni_sample(eps_src, eps_tar, traj, SIGMAS, cfg=5.0, lam=0.1, mode=mode, eta=eta)
+        out = pni.pni_sample(eps_src, eps_src, traj, SIGMAS, cfg=5.0, lam=0.1, mode=mode, eta=eta)
         assert torch.allclose(out, x0, atol=1e-10)
-    assert torch.allclose(pni.ddim_sample(eps_src, traj[0], SIGMAS), x0, atol=1e-10)
 
 
 def _x_dependent_eps(seed, scale=0.3):
@@ -185,8 +178,8 @@ def test_eta_one_with_target_equal_source_reconstructs_exactly_any_eps():
     g = torch.Generator().manual_seed(8)
     x0 = torch.randn(1, 4, 8, 8, generator=g)
     eps = _x_dependent_eps(9)
-    traj = pni.ddim_invert(eps, x0, SIGMAS)
-    plain = pni.ddim_sample(eps, traj[0], SIGMAS)
+    traj = invert(eps, x0)
+    plain = pni.pni_sample(eps, eps, traj, SIGMAS, cfg=5.0, lam=0.0)  # target = source, no guidance: plain DDIM
     assert (plain - x0).abs().max() > 1e-3  # DDIM inversion is only approximate for this eps
     out = pni.pni_sample(eps, eps, traj, SIGMAS, cfg=5.0, lam=0.0, eta=1.0)
     assert torch.allclose(out, x0, atol=1e-10)  # M = 1 everywhere, eta = 1: the trajectory itself
@@ -198,16 +191,16 @@ def test_guidance_on_denoised_equals_algorithm_1(mode, eta, until):
     g = torch.Generator().manual_seed(10)
     x0 = torch.randn(2, 4, 8, 8, generator=g)
     e_src, e_tar = _x_dependent_eps(11), _x_dependent_eps(12, scale=0.5)
-    traj = pni.ddim_invert(e_src, x0, SIGMAS)
+    traj = invert(e_src, x0)
     cfg, lam = 4.0, 0.2
     ref = pni.pni_sample(e_src, e_tar, traj, SIGMAS, cfg, lam, mode, eta, until)
     n = len(SIGMAS) - 1
     guide = pni.PNIGuidance(SIGMAS, traj, cfg, lam, mode, eta, n if until is None else until)
     x = traj[0]
     for i in range(n):  # k-diffusion sample_euler, as ComfyUI's "euler" and "ddim" samplers run it
-        s = SIGMAS[i] * torch.ones(2)
-        d = guide.denoised(x, s, pni.denoised_from_eps(x, e_src(x, float(SIGMAS[i])), s),
-                           pni.denoised_from_eps(x, e_tar(x, float(SIGMAS[i])), s))
+        s = float(SIGMAS[i])
+        d = guide.denoised(x, SIGMAS[i] * torch.ones(2),  # ComfyUI passes one sigma per batch element
+                           pni.denoised_from_eps(x, e_src(x, s), s), pni.denoised_from_eps(x, e_tar(x, s), s))
         assert guide.last_step == i
         x = x + (x - d) / SIGMAS[i] * (SIGMAS[i + 1] - SIGMAS[i])
     assert torch.allclose(x, ref, atol=1e-9)
