@@ -53,7 +53,8 @@ class TaskGeometry:
     kv_mask: torch.Tensor | None = None
 
     def to(self, device) -> "TaskGeometry":
-        mv = lambda t: None if t is None else t.to(device)
+        """Copies on ``device`` (fresh tensors: usable by autograd even if these were made in inference mode)."""
+        mv = lambda t: None if t is None else t.to(device).clone()
         return TaskGeometry(self.task, self.hw, mv(self.m_gen), mv(self.edit_grid), mv(self.m_gud), self.edit_source,
                             self.edit_mode, mv(self.m_share), mv(self.share_grid), mv(self.edit_region), self.pad,
                             mv(self.kv_mask))

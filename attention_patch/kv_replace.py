@@ -1,0 +1,137 @@
+"""Cross-branch self-attention (VersaFusion Fig. 3, "KV Replacement") as attn1 replace patches.
+
+In the dual-branch sampler one batched UNet call holds the guidance branch (the source image's
+reconstruction), optionally the reference branch, and the generation branch (its negative and positive
+prompt rows). The batch layout travels in ``transformer_options[CALL_KEY]`` (a :class:`BranchCall`),
+so the patch reads it in every attn1: the generation rows' self-attention reads the guidance rows'
+keys and values (row r of a generation chunk reads row r of the guidance chunk):
+
+    replace   K, V := [K_gud (, K_ref)]            the paper's substitution
+    concat    K, V := [K_gen, K_gud (, K_ref)]     the generation branch also keeps its own
+
+``kv_mask`` (latent grid) limits which guidance tokens are read (outpainting reads only the old canvas).
+Outside a dual-branch call, or when the call turns KV off (steps past ``kv_until``), every row gets
+plain self-attention -- through comfy's ``optimized_attention`` (looked up at call time, so the
+user's attention backend is kept), or through an attn1 replace that was already on the layer.
+
+Install with :func:`install_kv_replace` on a ``model.clone()`` only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from comfy.ldm.modules import attention as comfy_attention
+
+from .capture import grid_at_level, parse_layer_key, self_attention_layers
+
+CALL_KEY = "dragfusion_dual_branch"
+KV_MODES = ("replace", "concat")
+KV_LAYER_CHOICES = ("decoder", "decoder+middle", "all")
+
+
+@dataclass
+class BranchCall:
+    """What one batched dual-branch UNet call holds, for the patches that run inside it."""
+    branches: tuple                 # one label per chunk, e.g. ("gud", "ref", "gen_neg", "gen_pos")
+    latent_hw: tuple                # (H, W) of the latents in this call
+    kv: bool = False                # KV replacement on in this call
+    kv_mode: str = "replace"
+    kv_mask: torch.Tensor | None = None
+    capture_at: dict = field(default_factory=dict)   # output-block id -> feature name (h entering that block)
+    detach_from: int | None = None  # output blocks >= this id run without autograd history
+    features: dict = field(default_factory=dict)
+
+    def __deepcopy__(self, memo):   # travels inside transformer_options; never copy tensors
+        return self
+
+
+def select_layers(diffusion_model, which: str) -> list[str]:
+    """The self-attention layer keys ("output.3.0") of the chosen part of the UNet."""
+    if which not in KV_LAYER_CHOICES:
+        raise ValueError(f"kv layers {which!r} is not one of {KV_LAYER_CHOICES}")
+    keep = {"decoder": ("output",), "decoder+middle": ("output", "middle"), "all": ("input", "middle", "output")}[which]
+    return [key for key, _level in self_attention_layers(diffusion_model) if key.split(".")[0] in keep]
+
+
+def token_mask(mask: torch.Tensor, latent_hw: tuple, tokens: int) -> torch.Tensor | None:
+    """The latent-grid mask on this layer's token grid (flattened bool), or None if no level fits."""
+    for level in range(8):
+        h, w = grid_at_level(latent_hw, level)
+        if h * w == tokens:
+            m = mask.float()[None, None]
+            if (h, w) != tuple(mask.shape):
+                m = F.adaptive_avg_pool2d(m, (h, w)) if h <= mask.shape[0] else F.interpolate(m, size=(h, w))
+            return (m[0, 0] >= 0.5).flatten()
+        if h * w < tokens:
+            break
+    return None
+
+
+class KVReplacePatch:
+    """attn1 replace for one layer; stateless (the per-call state comes in ``extra_options``)."""
+
+    def __init__(self, previous=None):
+        self.previous = previous
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def plain(self, q, k, v, extra_options):
+        if self.previous is not None:
+            return self.previous(q, k, v, extra_options)
+        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                                   attn_precision=extra_options.get("attn_precision"),
+                                                   transformer_options=extra_options)
+
+    def __call__(self, q, k, v, extra_options):
+        call = extra_options.get(CALL_KEY)
+        if call is None or not call.kv or "gud" not in call.branches:
+            return self.plain(q, k, v, extra_options)
+        n = len(call.branches)
+        if q.shape[0] % n:
+            return self.plain(q, k, v, extra_options)
+        rows = q.shape[0] // n
+        chunk = lambda t, i: t[i * rows:(i + 1) * rows]
+        idx = {label: i for i, label in enumerate(call.branches)}
+        sources_k = [chunk(k, idx["gud"])]
+        sources_v = [chunk(v, idx["gud"])]
+        if call.kv_mask is not None:
+            sel = token_mask(call.kv_mask.to(k.device), call.latent_hw, k.shape[1])
+            if sel is not None and bool(sel.any()):
+                sources_k, sources_v = [sources_k[0][:, sel]], [sources_v[0][:, sel]]
+        if "ref" in idx:
+            sources_k.append(chunk(k, idx["ref"]))
+            sources_v.append(chunk(v, idx["ref"]))
+        gen = [i for i, label in enumerate(call.branches) if label.startswith("gen")]
+        other = [i for i in range(n) if i not in gen]
+        out = [None] * n
+        if other:
+            rows_o = torch.cat([torch.arange(i * rows, (i + 1) * rows) for i in other]).to(q.device)
+            o = self.plain(q[rows_o], k[rows_o], v[rows_o], extra_options)
+            for j, i in enumerate(other):
+                out[i] = o[j * rows:(j + 1) * rows]
+        heads = extra_options["n_heads"]
+        kw = dict(attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
+        for i in gen:
+            ks, vs = list(sources_k), list(sources_v)
+            if call.kv_mode == "concat":
+                ks.insert(0, chunk(k, i))
+                vs.insert(0, chunk(v, i))
+            out[i] = comfy_attention.optimized_attention(chunk(q, i), torch.cat(ks, dim=1), torch.cat(vs, dim=1),
+                                                         heads, **kw)
+        return torch.cat(out, dim=0)
+
+
+def install_kv_replace(model_patcher, which: str = "decoder") -> list[str]:
+    """Put a KVReplacePatch on every chosen attn1 of ``model_patcher`` (a clone). Returns the layer keys."""
+    unet = model_patcher.get_model_object("diffusion_model")
+    layers = select_layers(unet, which)
+    existing = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    for key in layers:
+        block, number, index = parse_layer_key(key)
+        previous = existing.get((block, number, index)) or existing.get((block, number))
+        model_patcher.set_model_attn1_replace(KVReplacePatch(previous), block, number, index)
+    return layers

@@ -1,0 +1,600 @@
+"""Dual-Branch Guider and Dual-Branch Guided Sampler: VersaFusion's energy-guided editing (Fig. 3, Eq. 5-7).
+
+Per sampling step one batched UNet call runs
+
+    gud      the guidance branch: the source image reconstructed along PNI Invert's INVERSION
+             (PNI sampling with target = source, guidance/pni.py PNIGuidance)
+    ref      the reference branch (appearance, paste, style): the reference's own INVERSION
+    gen_neg  the generation branch under the source prompt (PNI's negative prompt)
+    gen_pos  the generation branch under the target prompt
+
+The generation rows' self-attention reads the guidance rows' keys and values (attention_patch/
+kv_replace.py). On the guided steps (the first ``guidance_fraction`` of the schedule, DragonDiffusion's
+30 of 50) the call keeps autograd history up to the decoder blocks whose features the energy reads
+(attention_patch/feature_hook.py); Eq. 6 on those features (guidance/energy.py), with the task's masks
+and correspondence (guidance/dual_branch_tasks.py), gives grad_z L, which joins the noise prediction
+(Eq. 7): eps~ = eps_PNI + energy_scale * grad_z L. The generation branch is otherwise PNI sampling
+(proximal CFG + inversion guidance), except that the inversion guidance leaves the edit region alone.
+
+Choices the paper leaves open (documented here and in the tooltips):
+- L is Eq. 6 as written, one gradient for the whole latent (DragonDiffusion instead splits the two
+  terms' gradients by region); scales are averaged.
+- Sampling starts from the inversion's z_T (padded for outpaint: new cells get seeded noise); the
+  guider needs DisableNoise and PNI Invert's sigmas.
+- The energy reads the gen_pos rows (target prompt), the guidance branch its source-prompt rows.
+- Image-prompt tokens: cond tokens on gen_pos, uncond tokens on the other rows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+
+from ..attention_patch.feature_hook import (decoder_feature_points, install_feature_hook, install_grad_weights,
+                                            parse_feature_blocks)
+from ..attention_patch.kv_replace import CALL_KEY, KV_LAYER_CHOICES, KV_MODES, BranchCall, install_kv_replace
+from ..guidance.drag_points import DragPoints
+from ..guidance.dual_branch_tasks import (REFERENCE_TASKS, TASKS, TaskGeometry, appearance_geometry, drag_geometry,
+                                          landmark_geometry, mask_to_latent, move_geometry, outpaint_geometry,
+                                          pad_latent, parse_landmarks_json, paste_geometry, style_geometry)
+from ..guidance.energy import ALPHA, BETA, multiscale_energy
+from ..guidance.errors import input_error
+from ..guidance.inversion_data import Inversion
+from ..guidance.pni import PNIGuidance, pni_guided_denoised
+from .types import CATEGORY_VERSAFUSION, DragPointsType, ImagePromptType, InversionType
+
+GUIDER_NODE = "Dual-Branch Guider"
+SAMPLER_NODE = "Dual-Branch Guided Sampler"
+DEFAULT_SAMPLER = "euler"
+
+
+@dataclass(frozen=True)
+class DualBranchSettings:
+    w_edit: float = 4.0
+    w_share: float = 6.0
+    alpha: float = ALPHA
+    beta: float = BETA
+    energy_scale: float = 40.0            # DragonDiffusion: energy_scale 1 (UI) * 1e3 * 4e-2
+    guidance_fraction: float = 0.6        # guide the first 60 % of the steps (30 of 50)
+    kv: bool = True
+    kv_layers: str = "decoder"
+    kv_mode: str = "replace"
+    kv_fraction: float = 1.0              # KV replacement on the first kv_fraction of the steps
+    protect_edit_region: bool = True      # no inversion guidance on the generation branch's edit region
+    feature_blocks: str = ""              # "" = auto (decoder level outputs); else output block ids "5,8"
+    seed: int = 0                         # noise of outpaint's new cells
+
+    @property
+    def energy_on(self) -> bool:
+        return (self.w_edit != 0 or self.w_share != 0) and self.energy_scale != 0
+
+
+def _check_settings(s: DualBranchSettings, node: str):
+    checks = [
+        (math.isfinite(s.w_edit) and s.w_edit >= 0, "w_edit", f"{s.w_edit} must be >= 0"),
+        (math.isfinite(s.w_share) and s.w_share >= 0, "w_share", f"{s.w_share} must be >= 0"),
+        (s.alpha > 0 and s.beta >= 0, "alpha", f"alpha ({s.alpha}) must be > 0 and beta ({s.beta}) >= 0"),
+        (math.isfinite(s.energy_scale) and s.energy_scale >= 0, "energy_scale", f"{s.energy_scale} must be >= 0"),
+        (0 <= s.guidance_fraction <= 1, "guidance_fraction", f"{s.guidance_fraction} must lie in 0..1"),
+        (0 <= s.kv_fraction <= 1, "kv_fraction", f"{s.kv_fraction} must lie in 0..1"),
+        (s.kv_layers in KV_LAYER_CHOICES, "kv_layers", f"{s.kv_layers!r} is not one of {KV_LAYER_CHOICES}"),
+        (s.kv_mode in KV_MODES, "kv_mode", f"{s.kv_mode!r} is not one of {KV_MODES}"),
+    ]
+    for ok, name, msg in checks:
+        if not ok:
+            raise input_error(node, name, msg)
+
+
+class DualBranchGuiderImpl(comfy.samplers.CFGGuider):
+    """The dual-branch sampler as a CFGGuider: run it with SamplerCustomAdvanced (DisableNoise, any
+    sampler, PNI Invert's sigmas). Patches live on a clone of the model passed in."""
+
+    def __init__(self, model, inversion: Inversion, target, geometry: TaskGeometry, settings: DualBranchSettings,
+                 reference: Inversion | None = None, image_prompt=None, node: str = GUIDER_NODE):
+        self.node = node
+        if image_prompt is not None:
+            from ..attention_patch.image_prompt import apply_image_prompt
+            m = apply_image_prompt(model, image_prompt, node=node, input_name="image_prompt")  # a clone
+        else:
+            m = model.clone()
+        unet = m.get_model_object("diffusion_model")
+        n_out = len(getattr(unet, "output_blocks", []) or [])
+        if settings.feature_blocks.strip():
+            try:
+                points = parse_feature_blocks(settings.feature_blocks, n_out)
+            except ValueError as e:
+                raise input_error(node, "feature_blocks", str(e)) from None
+        else:
+            points = decoder_feature_points(unet)
+        if settings.energy_on and not points:
+            raise input_error(node, "model", "the UNet has no decoder block whose features the energy could read")
+        self.feature_points = points
+        self.detach_from = max(points) if points else None
+        self.kv_layers = install_kv_replace(m, settings.kv_layers) if settings.kv else []
+        install_feature_hook(m)
+        if settings.energy_on:
+            install_grad_weights(m, self.detach_from)
+        super().__init__(m)
+        self.inversion, self.reference, self.geometry, self.settings = inversion, reference, geometry, settings
+        self.cfg = inversion.cfg
+        conds = {"positive": target, "negative": inversion.source_cond}
+        if reference is not None:
+            conds["reference"] = reference.source_cond
+        self.inner_set_conds(conds)
+        self.trajectory = self._padded_trajectory()
+        self.energy_log: list = []
+
+    # ----------------------------------------------------------------------------- set-up
+    def _padded_trajectory(self) -> tuple:
+        traj = self.inversion.trajectory
+        pad = self.geometry.pad
+        if sum(pad) == 0:
+            return tuple(traj)
+        z = traj[0]
+        left, right, top, bottom = pad
+        shape = (z.shape[0], z.shape[1], z.shape[2] + top + bottom, z.shape[3] + left + right)
+        g = torch.Generator(device="cpu").manual_seed(int(self.settings.seed))
+        noise = torch.randn(shape, generator=g, dtype=torch.float32).to(z) * float(self.inversion.sigmas[0])
+        return (pad_latent(z, pad, noise),) + tuple(pad_latent(t, pad) for t in traj[1:])
+
+    def _pni(self, inv: Inversion, trajectory) -> PNIGuidance:
+        return PNIGuidance(inv.sigmas, trajectory, inv.cfg, inv.lam, inv.prox, inv.eta, inv.guidance_until)
+
+    def check_run(self, noise, sigmas) -> int:
+        if torch.count_nonzero(noise) > 0:
+            raise input_error(self.node, "noise", "the dual-branch sampler starts from the inversion's z_T: connect "
+                                                  "DisableNoise to SamplerCustomAdvanced's noise input")
+        s = sigmas.detach().float().cpu()
+        full = self.inversion.sigmas.float().cpu()
+        start = int(torch.argmin((full - s[0]).abs()))
+        run = full[start:start + len(s)]
+        if len(run) != len(s) or not torch.allclose(run, s, rtol=1e-4, atol=1e-6):
+            raise input_error(self.node, "inversion", f"the sampler's sigmas ({len(s) - 1} steps from {float(s[0]):.4g}) "
+                                                      f"are not the inversion's schedule ({self.inversion.steps} steps); "
+                                                      f"connect PNI Invert's sigmas output")
+        return start
+
+    def start_latent(self, start: int = 0) -> torch.Tensor:
+        """The generation branch's first latent in output space (what a LATENT holds)."""
+        return self.model_patcher.model.process_latent_out(self.trajectory[start].clone().float())
+
+    def reset(self, start: int = 0):
+        n = self.inversion.steps
+        self.pni_gen = self._pni(self.inversion, self.trajectory)
+        self.pni_gud = self._pni(self.inversion, self.trajectory)
+        self.state = {"gud": {start: self.trajectory[start]}}
+        self.eps = {"gud": {}}
+        if self.reference is not None:
+            self.pni_ref = self._pni(self.reference, self.reference.trajectory)
+            self.state["ref"] = {start: self.reference.trajectory[start]}
+            self.eps["ref"] = {}
+        self.guide_until = int(round(self.settings.guidance_fraction * n))
+        self.kv_until = int(round(self.settings.kv_fraction * n))
+        self.energy_log = []
+        self._geo = None
+
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
+        if sigmas.shape[-1] == 0:
+            return latent_image
+        start = self.check_run(noise, sigmas)
+        self.reset(start)
+        z = self.start_latent(start)
+        return super().sample(torch.zeros_like(z), z, sampler, sigmas, None, callback, disable_pbar, seed)
+
+    # ------------------------------------------------------------------------- per step
+    def _grid_below(self, sigma: float) -> int:
+        sig = self.pni_gen.sigmas
+        j = 0
+        for k in range(len(sig) - 1):
+            if sig[k] >= sigma:
+                j = k
+        return j
+
+    def _branch_x(self, name: str, i, i_low: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+        states = self.state[name]
+        traj = self.trajectory if name == "gud" else self.reference.trajectory
+        if i is not None:
+            x = states.get(i, traj[i])
+        else:  # between grid points (e.g. dpm_2's midpoint): the DDIM line through the step's own eps
+            x = states.get(i_low, traj[i_low])
+            eps = self.eps[name].get(i_low)
+            if eps is not None:
+                x = x.to(like) + (sigma - self.pni_gen.sigmas[i_low]) * eps
+        x = x.to(device=like.device, dtype=like.dtype)
+        if x.shape[0] != like.shape[0]:
+            x = x.expand(like.shape[0], *x.shape[1:]) if x.shape[0] == 1 else x
+        return x
+
+    def _advance(self, name: str, pni: PNIGuidance, i, x_b, d_b, timestep):
+        """The branch's own PNI reconstruction step (target = source): store its next latent."""
+        if i is None:
+            return
+        sigma = pni.sigmas[i]
+        d = pni.denoised(x_b, timestep, d_b, d_b)
+        eps = (x_b - d) / sigma
+        self.eps[name][i] = eps
+        if i + 1 not in self.state[name]:
+            self.state[name][i + 1] = d + pni.sigmas[i + 1] * eps
+
+    def _run_batch(self, parts, timestep, model_options, call: BranchCall) -> dict:
+        """One UNet call over [(label, x, cond)]; returns label -> denoised (conds' masks/strengths applied)."""
+        model = self.inner_model
+        chunks = []
+        for label, xp, cond in parts:
+            for entry in cond or []:
+                p = comfy.samplers.get_area_and_mult(entry, xp, timestep)
+                if p is None:
+                    continue
+                if p.area is not None:
+                    raise input_error(self.node, "target", "conditioning with an area (Conditioning Set Area) is not "
+                                                           "supported by the dual-branch sampler; use a plain prompt")
+                if p.control is not None:
+                    raise input_error(self.node, "target", "ControlNet conditioning is not supported by the dual-branch "
+                                                           "sampler")
+                chunks.append((label, p))
+        labels = tuple(label for label, _ in chunks)
+        missing = {label for label, _, _ in parts} - set(labels)
+        if missing:
+            raise input_error(self.node, "target", f"no active conditioning for {sorted(missing)} at this step")
+        call.branches = labels
+        input_x = torch.cat([p.input_x for _, p in chunks])
+        c = comfy.samplers.cond_cat([p.conditioning for _, p in chunks])
+        timestep_ = torch.cat([timestep] * len(chunks))
+        model.current_patcher.prepare_state(timestep)
+        to = model.current_patcher.apply_hooks(hooks=None)
+        if "transformer_options" in model_options:
+            to = comfy.patcher_extension.merge_nested_dicts(to, model_options["transformer_options"], copy_dict1=False)
+        cond_or_uncond = [0 if label == "gen_pos" else 1 for label in labels]
+        to["cond_or_uncond"] = cond_or_uncond
+        to["uuids"] = [p.uuid for _, p in chunks]
+        to["sigmas"] = timestep
+        to[CALL_KEY] = call
+        c["transformer_options"] = to
+        grad_mode = torch.is_grad_enabled()
+        try:
+            if "model_function_wrapper" in model_options:
+                out = model_options["model_function_wrapper"](model.apply_model, {
+                    "input": input_x, "timestep": timestep_, "c": c, "cond_or_uncond": cond_or_uncond})
+            else:
+                out = model.apply_model(input_x, timestep_, **c)
+        finally:
+            torch.set_grad_enabled(grad_mode)  # the feature hook turns it off for the decoder's tail
+        acc, cnt = {}, {}
+        for (label, p), o in zip(chunks, out.chunk(len(chunks))):
+            acc[label] = acc.get(label, 0) + o * p.mult
+            cnt[label] = cnt.get(label, 0) + p.mult
+        return {label: acc[label] / cnt[label].clamp_min(1e-37) for label in acc}
+
+    def _features(self, call: BranchCall, label: str, rows: int) -> list:
+        i = call.branches.index(label)
+        feats = [call.features[f"f{p}"][i * rows:(i + 1) * rows] for p in self.feature_points]
+        if len({tuple(f.shape[-2:]) for f in feats}) < 2:  # one resolution only: add a 2x coarser scale
+            feats = feats + [F.avg_pool2d(f, 2) for f in feats if min(f.shape[-2:]) >= 2]
+        return feats
+
+    def _geometry_on(self, device) -> TaskGeometry:
+        if self._geo is None or self._geo.m_gen.device != device:
+            with torch.inference_mode(False):
+                self._geo = self.geometry.to(device)
+        return self._geo
+
+    def _energy(self, call: BranchCall, rows: int, device):
+        g = self._geometry_on(device)
+        f_gen = self._features(call, "gen_pos", rows)
+        f_gud = self._features(call, "gud", rows)
+        f_src = self._features(call, "ref", rows) if g.edit_source == "ref" else f_gud
+        s = self.settings
+        return multiscale_energy(f_gen, f_src, f_gud, g.m_gen, g.edit_grid, g.m_share, g.share_grid, s.w_edit, s.w_share,
+                                 s.alpha, s.beta, g.edit_mode, m_edit_src=g.m_gud)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        sigma = float(timestep.flatten()[0])
+        i = self.pni_gen.step_index(timestep)
+        i_low = i if i is not None else self._grid_below(sigma)
+        guided = self.settings.energy_on and i is not None and i < self.guide_until
+        neg, pos = self.conds.get("negative"), self.conds.get("positive")
+        parts = [("gud", self._branch_x("gud", i, i_low, sigma, x), neg)]
+        if self.reference is not None:
+            parts.append(("ref", self._branch_x("ref", i, i_low, sigma, x), self.conds.get("reference")))
+        parts += [("gen_neg", x, neg), ("gen_pos", x, pos)]
+        call = BranchCall(branches=(), latent_hw=tuple(x.shape[-2:]), kv=self.settings.kv and i_low < self.kv_until,
+                          kv_mode=self.settings.kv_mode, kv_mask=self.geometry.kv_mask)
+        grad = None
+        if guided:
+            call.capture_at = {p: f"f{p}" for p in self.feature_points}
+            call.detach_from = self.detach_from
+            with torch.inference_mode(False), torch.enable_grad():
+                x_leaf = x.detach().clone().requires_grad_(True)
+                parts[-1] = ("gen_pos", x_leaf, pos)
+                outs = self._run_batch(parts, timestep, model_options, call)
+                outs = {k: v.detach() for k, v in outs.items()}
+                energy, info = self._energy(call, x.shape[0], x.device)
+                if energy.requires_grad:
+                    grad, = torch.autograd.grad(energy, x_leaf)
+                self.energy_log.append((i, float(energy.detach()), info))
+            call.features.clear()
+        else:
+            with torch.no_grad():
+                outs = self._run_batch(parts, timestep, model_options, call)
+        self._advance("gud", self.pni_gud, i, parts[0][1], outs["gud"], timestep)
+        if self.reference is not None:
+            self._advance("ref", self.pni_ref, i, parts[1][1], outs["ref"], timestep)
+        d_neg, d_pos = outs["gen_neg"], outs["gen_pos"]
+        denoised = self.pni_gen.denoised(x, timestep, d_neg, d_pos)
+        if (self.settings.protect_edit_region and self.inversion.eta > 0
+                and float(self.geometry.edit_region.sum()) > 0):
+            plain, _ = pni_guided_denoised(x, timestep, None, d_neg, d_pos, self.inversion.cfg, self.inversion.lam,
+                                           self.inversion.prox)
+            keep = (1.0 - self._geometry_on(x.device).edit_region).to(x.dtype)[None, None]
+            denoised = plain + keep * (denoised - plain)
+        if grad is not None:
+            # Eq. 7: eps~ = eps + s * grad_z L, z = x / sqrt(1 + sigma^2) the UNet's input; denoised = x - sigma * eps~
+            grad_z = grad.to(x.dtype) * math.sqrt(1.0 + sigma * sigma)
+            denoised = denoised - sigma * self.settings.energy_scale * grad_z
+        return denoised
+
+
+# ------------------------------------------------------------------------------------------------
+# building a guider from node inputs
+
+def _is(obj, cls) -> bool:
+    """isinstance, or the same class loaded under another package name (tests import the repo twice)."""
+    return isinstance(obj, cls) or (type(obj).__name__ == cls.__name__ and hasattr(obj, "validate"))
+
+
+def _latent_hw(inversion: Inversion) -> tuple:
+    z = inversion.trajectory[0]
+    return int(z.shape[-2]), int(z.shape[-1])
+
+
+def build_geometry(node: str, task: str, hw: tuple, points=None, mask=None, offset_x: float = 0.0, offset_y: float = 0.0,
+                   scale: float = 1.0, reference: Inversion | None = None, reference_mask=None, pad=(0, 0, 0, 0),
+                   landmarks_json: str = "", point_radius: float = 16.0) -> TaskGeometry:
+    """Node inputs (image pixels) -> the task's TaskGeometry on the latent grid; clear errors for bad combinations."""
+    if task not in TASKS:
+        raise input_error(node, "task", f"{task!r} is not one of {TASKS}")
+    h, w = hw
+    W, H = w * 8, h * 8
+    radius = max(0.5, float(point_radius) / 8.0)
+    if task in REFERENCE_TASKS and reference is None:
+        raise input_error(node, "reference", f"task '{task}' needs a reference: PNI Invert the reference image and "
+                                             f"connect its INVERSION")
+    if reference is not None and task in REFERENCE_TASKS and _latent_hw(reference) != hw:
+        rh, rw = _latent_hw(reference)
+        raise input_error(node, "reference", f"the reference latent is {rw * 8}x{rh * 8} px, the image {W}x{H}; "
+                                             f"scale the reference image to the image's size before inverting it")
+    if task == "drag":
+        if points is None:
+            raise input_error(node, "points", "task 'drag' needs DRAG_POINTS (handle -> target pairs)")
+        if not _is(points, DragPoints):
+            raise input_error(node, "points", f"expected DRAG_POINTS, got {type(points).__name__}")
+        points.validate(node, "points").check_size(W, H, node, "points")
+        editable = None if mask is None else mask_to_latent(mask, hw, node, "mask")
+        if editable is not None and float(editable.sum()) == 0:
+            editable = None
+        return drag_geometry(points.in_cells(8), hw, radius, editable, node, "points")
+    if task == "move":
+        if mask is None:
+            raise input_error(node, "mask", "task 'move' needs a MASK of the object to move / resize")
+        return move_geometry(mask_to_latent(mask, hw, node, "mask"), hw, offset_x / 8.0, offset_y / 8.0, scale, node, "mask")
+    if task == "appearance":
+        if mask is None:
+            raise input_error(node, "mask", "task 'appearance' needs a MASK of the object whose appearance changes")
+        if reference_mask is None:
+            raise input_error(node, "reference_mask", "task 'appearance' needs a MASK of the reference object")
+        return appearance_geometry(mask_to_latent(mask, hw, node, "mask"),
+                                   mask_to_latent(reference_mask, hw, node, "reference_mask"), hw, hw, node)
+    if task == "paste":
+        if reference_mask is None:
+            raise input_error(node, "reference_mask", "task 'paste' needs a MASK of the object to take from the reference")
+        return paste_geometry(mask_to_latent(reference_mask, hw, node, "reference_mask"), hw, hw, offset_x / 8.0,
+                              offset_y / 8.0, scale, node)
+    if task == "outpaint":
+        cells = []
+        for name, px in zip(("pad_left", "pad_right", "pad_top", "pad_bottom"), pad):
+            if px < 0 or px % 8:
+                raise input_error(node, name, f"{px} px must be a non-negative multiple of 8")
+            cells.append(int(px) // 8)
+        if sum(cells) == 0:
+            raise input_error(node, "pad_left", "task 'outpaint' needs padding on at least one side (all four pads are 0)")
+        return outpaint_geometry(hw, tuple(cells), node)
+    if task == "style":
+        return style_geometry(hw)
+    # landmarks
+    if landmarks_json and landmarks_json.strip():
+        src, tgt = parse_landmarks_json(landmarks_json, W, H, node, "landmarks_json")
+    elif points is not None:
+        points.validate(node, "points").check_size(W, H, node, "points")
+        if len(points.pairs) != 68:
+            raise input_error(node, "points", f"task 'landmarks' from the canvas needs 68 pairs (source landmark -> "
+                                              f"target landmark, 68-point scheme), got {len(points.pairs)}")
+        src = [p[0] for p in points.pairs]
+        tgt = [p[1] for p in points.pairs]
+    else:
+        raise input_error(node, "landmarks_json", "task 'landmarks' needs two 68-point landmark sets: landmarks_json "
+                                                  "or 68 pairs on the canvas (points)")
+    cells = lambda pts: [(x / 8.0, y / 8.0) for x, y in pts]
+    return landmark_geometry(cells(src), cells(tgt), hw, radius, node, "landmarks_json")
+
+
+def build_guider(node: str, model, inversion, target, task: str, settings: DualBranchSettings, points=None, mask=None,
+                 offset_x=0.0, offset_y=0.0, scale=1.0, reference=None, reference_mask=None, pad=(0, 0, 0, 0),
+                 landmarks_json="", point_radius=16.0, image_prompt=None, reference_image_prompt=None):
+    from .pni import check_eps_model
+    if not _is(inversion, Inversion):
+        raise input_error(node, "inversion", f"expected PNI Invert's INVERSION, got {type(inversion).__name__}")
+    inversion.validate(node, "inversion")
+    if reference is not None:
+        if not _is(reference, Inversion):
+            raise input_error(node, "reference", f"expected PNI Invert's INVERSION, got {type(reference).__name__}")
+        reference.validate(node, "reference")
+        if len(reference.sigmas) != len(inversion.sigmas) or not torch.allclose(reference.sigmas.float(),
+                                                                                 inversion.sigmas.float(), rtol=1e-4):
+            raise input_error(node, "reference", "the reference was inverted with another schedule; invert both images "
+                                                 "with the same steps and scheduler")
+    if not isinstance(target, list) or len(target) == 0:
+        raise input_error(node, "target", "expected a non-empty CONDITIONING (CLIP Text Encode of the target prompt)")
+    check_eps_model(model, node)
+    _check_settings(settings, node)
+    geometry = build_geometry(node, task, _latent_hw(inversion), points, mask, offset_x, offset_y, scale, reference,
+                              reference_mask, pad, landmarks_json, point_radius)
+    use_ref = reference if task in REFERENCE_TASKS else None
+    prompt = image_prompt
+    if reference_image_prompt is not None:
+        if prompt is None:
+            raise input_error(node, "reference_image_prompt", "give the source image's image_prompt too: the reference "
+                                                              "tokens are concatenated to the source tokens (Eq. 11)")
+        prompt = prompt.concat(reference_image_prompt, node, "reference_image_prompt")
+    return DualBranchGuiderImpl(model, inversion, target, geometry, settings, use_ref, prompt, node)
+
+
+def _inputs(include_sampler: bool) -> list:
+    ins = [
+        io.Model.Input("model", tooltip="The model PNI Invert used (SD1.5 family). It is not modified: the patches go on a clone."),
+        InversionType.Input("inversion", tooltip="PNI Invert's INVERSION of the image to edit: the guidance branch "
+                                                 "reconstructs it, and sampling starts from its z_T."),
+        io.Conditioning.Input("target", tooltip="The target prompt of the generation branch (often the source prompt; "
+                                                "the source prompt from the inversion is its negative prompt)."),
+        io.Combo.Input("task", options=list(TASKS), default="drag",
+                       tooltip="drag: points; move: mask + offset + scale (resize); appearance: mask + reference + "
+                               "reference_mask; paste: reference + reference_mask + offset + scale; outpaint: pads; "
+                               "style: reference; landmarks: landmarks_json or 68 canvas pairs."),
+    ]
+    if include_sampler:
+        ins.append(io.Combo.Input("sampler_name", options=list(comfy.samplers.SAMPLER_NAMES), default=DEFAULT_SAMPLER,
+                                  tooltip="Any ComfyUI sampler; euler / ddim are exactly DDIM (Algorithm 1's update)."))
+    ins += [
+        io.Float.Input("w_edit", default=4.0, min=0.0, max=100.0, step=0.1,
+                       tooltip="w_e of Eq. 6: weight of the edit term (m_gen must look like m_gud)."),
+        io.Float.Input("w_share", default=6.0, min=0.0, max=100.0, step=0.1,
+                       tooltip="w_p of Eq. 6: weight of the preservation term (m_share must stay as it was)."),
+        io.Float.Input("energy_scale", default=40.0, min=0.0, max=10000.0, step=1.0,
+                       tooltip="s in eps~ = eps + s * grad_z L (Eq. 7). DragonDiffusion's default corresponds to 40. 0 = no energy."),
+        io.Float.Input("guidance_fraction", default=0.6, min=0.0, max=1.0, step=0.05,
+                       tooltip="The energy guides the first fraction of the steps (0.6 = 30 of 50, as DragonDiffusion)."),
+        io.Boolean.Input("kv_replace", default=True,
+                         tooltip="Cross-branch self-attention: the generation branch reads the guidance branch's keys and values."),
+        io.Combo.Input("kv_layers", options=list(KV_LAYER_CHOICES), default="decoder", optional=True,
+                       tooltip="Which self-attention layers do KV replacement."),
+        io.Combo.Input("kv_mode", options=list(KV_MODES), default="replace", optional=True,
+                       tooltip="replace: K,V := guidance's (the paper); concat: the generation branch keeps its own K,V too."),
+        io.Float.Input("kv_fraction", default=1.0, min=0.0, max=1.0, step=0.05, optional=True,
+                       tooltip="KV replacement on the first fraction of the steps."),
+        DragPointsType.Input("points", optional=True,
+                             tooltip="drag: handle -> target pairs (image pixels). landmarks: 68 pairs from the canvas."),
+        io.Mask.Input("mask", optional=True,
+                      tooltip="move / appearance: the object (image pixels, the image's size). drag: optional editable area."),
+        io.Float.Input("offset_x", default=0.0, min=-8192.0, max=8192.0, step=8.0, optional=True,
+                       tooltip="move / paste: horizontal shift in pixels (right positive)."),
+        io.Float.Input("offset_y", default=0.0, min=-8192.0, max=8192.0, step=8.0, optional=True,
+                       tooltip="move / paste: vertical shift in pixels (down positive)."),
+        io.Float.Input("scale", default=1.0, min=0.1, max=8.0, step=0.05, optional=True,
+                       tooltip="move / paste: resize factor about the object's box centre (1 = same size)."),
+        InversionType.Input("reference", optional=True,
+                            tooltip="appearance / paste / style: PNI Invert's INVERSION of the reference image (same size and schedule)."),
+        io.Mask.Input("reference_mask", optional=True,
+                      tooltip="appearance / paste: the object in the reference image."),
+        io.Int.Input("pad_left", default=0, min=0, max=4096, step=8, optional=True, tooltip="outpaint: pixels added on the left (multiple of 8)."),
+        io.Int.Input("pad_right", default=0, min=0, max=4096, step=8, optional=True, tooltip="outpaint: pixels added on the right."),
+        io.Int.Input("pad_top", default=0, min=0, max=4096, step=8, optional=True, tooltip="outpaint: pixels added on top."),
+        io.Int.Input("pad_bottom", default=0, min=0, max=4096, step=8, optional=True, tooltip="outpaint: pixels added at the bottom."),
+        io.String.Input("landmarks_json", default="", multiline=True, optional=True,
+                        tooltip='landmarks: {"width": W, "height": H, "source": [[x, y] x 68], "target": [[x, y] x 68]} in image pixels.'),
+        io.Float.Input("point_radius", default=16.0, min=4.0, max=256.0, step=4.0, optional=True,
+                       tooltip="drag / landmarks: radius in pixels of the neighbourhood each point carries."),
+        ImagePromptType.Input("image_prompt", optional=True,
+                              tooltip="Image Prompt Encoder's tokens of the source image (decoupled cross-attention, Eq. 11)."),
+        ImagePromptType.Input("reference_image_prompt", optional=True,
+                              tooltip="Reference tasks: the reference's tokens, concatenated to the source's."),
+        io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, optional=True,
+                     tooltip="outpaint: the noise of the new canvas area."),
+    ]
+    return ins
+
+
+def _settings(w_edit, w_share, energy_scale, guidance_fraction, kv_replace, kv_layers, kv_mode, kv_fraction, seed):
+    return DualBranchSettings(w_edit=float(w_edit), w_share=float(w_share), energy_scale=float(energy_scale),
+                              guidance_fraction=float(guidance_fraction), kv=bool(kv_replace), kv_layers=kv_layers,
+                              kv_mode=kv_mode, kv_fraction=float(kv_fraction), seed=int(seed))
+
+
+class DualBranchGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DragFusionDualBranchGuider",
+            display_name=GUIDER_NODE,
+            category=CATEGORY_VERSAFUSION,
+            description=("VersaFusion's dual-branch energy-guided editing as a GUIDER for SamplerCustomAdvanced "
+                         "(DisableNoise, any sampler, PNI Invert's sigmas). Each step runs the guidance branch "
+                         "(reconstruction of the inverted image) and the generation branch in one batch; the generation "
+                         "branch reads the guidance branch's self-attention keys/values and follows the gradient of "
+                         "the task's energy (Eq. 5-7) on the early steps. The output latent starts from the inversion's "
+                         "z_T (padded for outpaint)."),
+            inputs=_inputs(include_sampler=False),
+            outputs=[io.Guider.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, target, task, w_edit, w_share, energy_scale, guidance_fraction, kv_replace,
+                kv_layers="decoder", kv_mode="replace", kv_fraction=1.0, points=None, mask=None, offset_x=0.0,
+                offset_y=0.0, scale=1.0, reference=None, reference_mask=None, pad_left=0, pad_right=0, pad_top=0,
+                pad_bottom=0, landmarks_json="", point_radius=16.0, image_prompt=None, reference_image_prompt=None,
+                seed=0) -> io.NodeOutput:
+        s = _settings(w_edit, w_share, energy_scale, guidance_fraction, kv_replace, kv_layers, kv_mode, kv_fraction, seed)
+        guider = build_guider(GUIDER_NODE, model, inversion, target, task, s, points, mask, offset_x, offset_y, scale,
+                              reference, reference_mask, (pad_left, pad_right, pad_top, pad_bottom), landmarks_json,
+                              point_radius, image_prompt, reference_image_prompt)
+        return io.NodeOutput(guider)
+
+
+def run_guider(guider: DualBranchGuiderImpl, sampler_name: str, node: str = SAMPLER_NODE) -> dict:
+    """Sample the whole schedule with a ComfyUI sampler; returns a LATENT (output space)."""
+    if sampler_name not in comfy.samplers.SAMPLER_NAMES:
+        raise input_error(node, "sampler_name", f"{sampler_name!r} is not one of {comfy.samplers.SAMPLER_NAMES}")
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    sigmas = guider.inversion.sigmas.clone()
+    start = guider.start_latent()
+    callback = latent_preview.prepare_callback(guider.model_patcher, sigmas.shape[-1] - 1)
+    samples = guider.sample(torch.zeros_like(start), start, sampler, sigmas, callback=callback,
+                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=guider.settings.seed)
+    return {"samples": samples.to(comfy.model_management.intermediate_device())}
+
+
+class DualBranchGuidedSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DragFusionDualBranchGuidedSampler",
+            display_name=SAMPLER_NODE,
+            category=CATEGORY_VERSAFUSION,
+            description=("VersaFusion in one node: builds the Dual-Branch Guider and samples the inversion's whole "
+                         "schedule with the chosen sampler. Tasks: drag, move / resize, appearance, paste, outpaint, "
+                         "style, face landmarks. Returns the edited LATENT (larger for outpaint)."),
+            inputs=_inputs(include_sampler=True),
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, target, task, sampler_name, w_edit, w_share, energy_scale, guidance_fraction,
+                kv_replace, kv_layers="decoder", kv_mode="replace", kv_fraction=1.0, points=None, mask=None,
+                offset_x=0.0, offset_y=0.0, scale=1.0, reference=None, reference_mask=None, pad_left=0, pad_right=0,
+                pad_top=0, pad_bottom=0, landmarks_json="", point_radius=16.0, image_prompt=None,
+                reference_image_prompt=None, seed=0) -> io.NodeOutput:
+        s = _settings(w_edit, w_share, energy_scale, guidance_fraction, kv_replace, kv_layers, kv_mode, kv_fraction, seed)
+        guider = build_guider(SAMPLER_NODE, model, inversion, target, task, s, points, mask, offset_x, offset_y, scale,
+                              reference, reference_mask, (pad_left, pad_right, pad_top, pad_bottom), landmarks_json,
+                              point_radius, image_prompt, reference_image_prompt)
+        return io.NodeOutput(run_guider(guider, sampler_name))
+
+
+NODES = [DualBranchGuider, DualBranchGuidedSampler]
