@@ -26,8 +26,29 @@ TINY = harness.TINY_CKPT
 TRAINED = "dragfusion_shapedrag.safetensors"
 
 
-def pick_checkpoint(names: list[str]) -> tuple[str | None, str]:
+SD15_PROBE = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+
+
+def is_sd15_family(path: str) -> bool:
+    """An SD1.5-family checkpoint: its first cross-attention reads 768-wide CLIP-L tokens (header only)."""
+    if not path.endswith(".safetensors"):
+        return False
+    try:
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            return SD15_PROBE in f.keys() and f.get_slice(SD15_PROBE).get_shape()[-1] == 768 and \
+                "conditioner.embedders.1.model.ln_final.weight" not in f.keys()
+    except Exception:  # unreadable or not a checkpoint: not a candidate
+        return False
+
+
+def pick_checkpoint(names: list[str], folders: list[str] | None = None) -> tuple[str | None, str]:
+    """The best checkpoint present: yours (SD1.5-family, checked when ``folders`` is given), else the
+    trained ShapeDrag model, else the tiny random one."""
     own = [n for n in names if n not in (TINY, TRAINED)]
+    if folders is not None:
+        paths = {n: next((os.path.join(d, n) for d in folders if os.path.isfile(os.path.join(d, n))), "") for n in own}
+        own = [n for n in own if is_sd15_family(paths[n])]
     if own:
         return own[0], "your checkpoint"
     if TRAINED in names:
@@ -89,7 +110,7 @@ def main():
         if missing:
             sys.exit(f"[demo] the pack is not loaded in that ComfyUI (missing {missing}); see its log")
         ckpts = info.get("CheckpointLoaderSimple", {}).get("input", {}).get("required", {}).get("ckpt_name", [[]])[0]
-        ckpt, why = pick_checkpoint(list(ckpts))
+        ckpt, why = pick_checkpoint(list(ckpts), [os.path.join(harness.COMFYUI_DIR, "models", "checkpoints")])
         ui = workflows.load(a.workflow)
         prompt = workflows.ui_to_api(ui, info)
         set_widgets(prompt, info, a.sample, ckpt, a.seed)

@@ -56,11 +56,14 @@ def load_host():
 
 
 def run_node(node_id: str, **inputs):
-    """Execute one node class of the real host as the executor does; returns the NodeOutput."""
+    """Execute one node class of the real host as the executor does (a class clone, under
+    torch.inference_mode like execution.py); returns the NodeOutput."""
+    import torch
     nodes = load_host()
     cls = nodes.NODE_CLASS_MAPPINGS[node_id]
     clone = cls.PREPARE_CLASS_CLONE({})
-    return clone.EXECUTE_NORMALIZED(**inputs)
+    with torch.inference_mode():
+        return clone.EXECUTE_NORMALIZED(**inputs)
 
 
 def pack_node_ids(nodes_module) -> list[str]:

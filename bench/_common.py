@@ -1,0 +1,132 @@
+"""Shared by the benchmarks: wall time side by side, peak memory, the table, JSON and a PNG chart.
+
+Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the peak resident-set size of this
+process while the measured function runs, minus the resident size just before it (sampled every
+5 ms in a thread).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import psutil
+import torch
+
+
+class PeakMemory:
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.cuda = torch.cuda.is_available()
+        self.peak_bytes = 0
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        self.proc = psutil.Process(os.getpid())
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self.stop = threading.Event()
+
+        def watch():
+            while not self.stop.is_set():
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+                time.sleep(self.interval)
+
+        self.thread = threading.Thread(target=watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+            self.delta_bytes = self.peak_bytes - self.base
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak_bytes = self.peak
+            self.delta_bytes = self.peak - self.base
+        return False
+
+
+def timed(fn, repeat: int = 1, warmup: bool = True):
+    """(median seconds over ``repeat`` runs after one warm-up, PeakMemory of the last run, last result)."""
+    if warmup:
+        fn()
+    times, result, mem = [], None, None
+    for _ in range(max(1, repeat)):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            result = fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2], mem, result
+
+
+def row(id: str, what: str, value: float, goal: float, unit: str = "x", seconds: float | None = None,
+        mem: PeakMemory | None = None, note: str = "") -> dict:
+    """One line of the table: value <= goal passes."""
+    r = {"id": id, "what": what, "value": round(float(value), 4), "goal": goal, "unit": unit,
+         "pass": bool(value <= goal), "note": note}
+    if seconds is not None:
+        r["seconds"] = round(float(seconds), 3)
+    if mem is not None:
+        r["peak_mem_mb"] = round(mem.delta_bytes / 2**20, 1)
+        r["mem_kind"] = "cuda max_memory_allocated" if mem.cuda else "peak RSS delta"
+    return r
+
+
+def print_table(rows: list[dict], title: str = ""):
+    if title:
+        print(title)
+    head = f"{'id':<5} {'what':<58} {'value':>9} {'goal':>8} {'pass':>5} {'sec':>8} {'peak MB':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        v = f"{r['value']:.3f}{r['unit']}" if r["unit"] == "x" else f"{r['value']:.2f}{r['unit']}"
+        g = f"{r['goal']:g}{r['unit']}"
+        sec = f"{r['seconds']:.2f}" if "seconds" in r else ""
+        mb = f"{r['peak_mem_mb']:.0f}" if "peak_mem_mb" in r else ""
+        print(f"{r['id']:<5} {r['what'][:58]:<58} {v:>9} {g:>8} {'yes' if r['pass'] else 'NO':>5} {sec:>8} {mb:>8}")
+
+
+def write_results(rows: list[dict], out_dir: str, meta: dict) -> tuple[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    jpath = os.path.join(out_dir, "bench.json")
+    with open(jpath, "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    ppath = os.path.join(out_dir, "bench.png")
+    chart(rows, ppath, meta)
+    return jpath, ppath
+
+
+def chart(rows: list[dict], path: str, meta: dict):
+    """Horizontal bars of each ratio against its goal (PIL only)."""
+    from PIL import Image, ImageDraw
+    ratios = [r for r in rows if r["unit"] == "x"]
+    w, bar_h, left = 900, 34, 330
+    h = 60 + bar_h * max(1, len(ratios))
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 10), f"DragFusion benchmarks ({meta.get('device', '')}, {meta.get('ckpt', '')}, {meta.get('size', '')} px)", fill="black")
+    top = max([r["value"] for r in ratios] + [r["goal"] for r in ratios] + [1.0]) * 1.1
+    scale = (w - left - 40) / top
+    for i, r in enumerate(ratios):
+        y = 40 + i * bar_h
+        d.text((10, y + 8), f"{r['id']} {r['what'][:44]}", fill="black")
+        colour = (60, 160, 90) if r["pass"] else (210, 70, 60)
+        d.rectangle([left, y + 4, left + r["value"] * scale, y + bar_h - 6], fill=colour)
+        gx = left + r["goal"] * scale
+        d.line([gx, y, gx, y + bar_h - 2], fill="black", width=2)
+        d.text((left + r["value"] * scale + 4, y + 8), f"{r['value']:.2f}x", fill="black")
+    img.save(path)
