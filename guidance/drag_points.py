@@ -17,6 +17,21 @@ MAX_SIDE = 16384
 MIN_DRAG_PX = 0.5
 
 
+def _finite(v) -> bool:
+    """math.isfinite that answers False (not OverflowError) for ints too large for a float."""
+    try:
+        return math.isfinite(v)
+    except (OverflowError, TypeError):
+        return False
+
+
+def _to_float(c) -> float:
+    try:
+        return float(c)
+    except OverflowError:  # an int beyond the float range: infinite for the checks
+        return math.inf if c > 0 else -math.inf
+
+
 @dataclass(frozen=True)
 class DragPoints:
     width: int
@@ -34,7 +49,7 @@ class DragPoints:
             raise input_error(node, input_name, f"{len(self.pairs)} pairs; at most {MAX_PAIRS} are supported")
         for i, pair in enumerate(self.pairs):
             for name, (x, y) in zip(("handle", "target"), pair):
-                if not (math.isfinite(x) and math.isfinite(y)):
+                if not (_finite(x) and _finite(y)):
                     raise input_error(node, input_name, f"pair {i + 1}: {name} ({x}, {y}) is not a finite number")
                 if not (0 <= x < w and 0 <= y < h):
                     raise input_error(node, input_name, f"pair {i + 1}: {name} ({x:g}, {y:g}) is outside the {w}x{h} image; valid x is 0..{w - 1}, y is 0..{h - 1}")
@@ -69,7 +84,7 @@ class DragPoints:
         """Parse and validate. width/height, when given, fill a missing size or must match it."""
         try:
             data = json.loads(text) if isinstance(text, str) else text
-        except (json.JSONDecodeError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError) as e:  # JSONDecodeError is a ValueError
             raise input_error(node, input_name, f"not valid JSON ({e.msg if hasattr(e, 'msg') else e}); expected "
                               '{"version": 1, "width": W, "height": H, "pairs": [{"handle": [x, y], "target": [x, y]}]}') from None
         if not isinstance(data, dict):
@@ -79,7 +94,7 @@ class DragPoints:
             raise input_error(node, input_name, f"unsupported version {version!r}; only version 1 exists")
         w, h = data.get("width", width), data.get("height", height)
         for name, v in (("width", w), ("height", h)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v != int(v):
                 raise input_error(node, input_name, f"'{name}' must be a whole number of pixels, got {v!r}")
         w, h = int(w), int(h)
         if width is not None and height is not None and (w, h) != (width, height):
@@ -99,7 +114,7 @@ class DragPoints:
                 if (not isinstance(xy, (list, tuple)) or len(xy) != 2
                         or any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in xy)):
                     raise input_error(node, input_name, f"pair {i + 1}: '{name}' must be [x, y] numbers, got {xy!r}")
-                pair.append((float(xy[0]), float(xy[1])))
+                pair.append((_to_float(xy[0]), _to_float(xy[1])))
             pairs.append(tuple(pair))
         return cls(w, h, tuple(pairs)).validate(node, input_name, require_pairs)
 
@@ -112,9 +127,9 @@ class DragPoints:
         pairs = []
         for i in range(0, len(points), 2):
             try:
-                h = (float(points[i][0]), float(points[i][1]))
-                t = (float(points[i + 1][0]), float(points[i + 1][1]))
-            except (TypeError, ValueError, IndexError):
+                h = (_to_float(points[i][0]), _to_float(points[i][1]))
+                t = (_to_float(points[i + 1][0]), _to_float(points[i + 1][1]))
+            except (TypeError, ValueError, IndexError, KeyError):
                 raise input_error(node, input_name, f"point {i + 1} or {i + 2} is not [x, y]") from None
             pairs.append((h, t))
         return cls(width, height, tuple(pairs)).validate(node, input_name, require_pairs)

@@ -282,7 +282,7 @@ def parse_landmarks_json(text: str, width: int, height: int, node: str, input_na
     (width / height optional; when given they must match the image). Returns (source, target) lists."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise input_error(node, input_name, f"not valid JSON ({getattr(e, 'msg', e)}); expected "
                           '{"width": W, "height": H, "source": [[x, y] x 68], "target": [[x, y] x 68]}') from None
     if not isinstance(data, dict) or "source" not in data or "target" not in data:
@@ -299,7 +299,7 @@ def parse_landmarks_json(text: str, width: int, height: int, node: str, input_na
         out = []
         for i, p in enumerate(pts):
             if (not isinstance(p, (list, tuple)) or len(p) != 2
-                    or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) for c in p)):
+                    or any(isinstance(c, bool) or not isinstance(c, (int, float)) or abs(c) > 1e300 or not math.isfinite(c) for c in p)):
                 raise input_error(node, input_name, f"'{key}' point {i + 1} must be [x, y] numbers, got {p!r}")
             if not (0 <= p[0] < width and 0 <= p[1] < height):
                 raise input_error(node, input_name, f"'{key}' point {i + 1} ({p[0]:g}, {p[1]:g}) lies outside the "

@@ -14,7 +14,7 @@ harness.import_pack()  # the repo as package ``dragfusion`` for unit tests
 def pytest_collection_modifyitems(config, items):
     for item in items:
         layer = os.path.basename(os.path.dirname(str(item.fspath)))
-        if layer in ("unit", "host", "http", "browser"):
+        if layer in ("unit", "host", "http", "browser", "robustness"):
             item.add_marker(getattr(pytest.mark, layer))
 
 
