@@ -173,7 +173,8 @@ def adapter_from_state_dict(sd: dict, node: str = "Image Prompt Encoder", input_
     for j in range(n_layers):
         t = own.get(f"attn2.{j}.to_k_ip.weight", own.get(f"attn2.{j}.to_v_ip.weight"))
         dims.append(t.shape[0] if t is not None and t.ndim == 2 else 1)
-    adapter = ImagePromptAdapter(cfg, dims)
+    with torch.device("meta"):  # shapes only: the file's tensors become the parameters below
+        adapter = ImagePromptAdapter(cfg, dims)
     expected = adapter.state_dict()
     target = {}
     for k, t in own.items():
@@ -197,7 +198,7 @@ def adapter_from_state_dict(sd: dict, node: str = "Image Prompt Encoder", input_
     nonfinite = [k for k, t in target.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if nonfinite:
         raise input_error(node, input_name, f"tensors with NaN or inf: {_fmt_keys(rename(k) for k in nonfinite)}")
-    adapter.load_state_dict({k: v.float() for k, v in target.items()})
+    adapter.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in target.items()}, assign=True)
     return adapter.eval()
 
 
