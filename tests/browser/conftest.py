@@ -1,11 +1,11 @@
-"""Browser fixtures: one Chromium for the session, one server + one tab per frontend (kept for the
-session), the tab reloaded only when a test needs the other node mode.
+"""Browser fixtures: one Chromium and one real ComfyUI server for the session; one tab per frontend (the
+host's own frontend served by that server, 1.58.1 by a same-origin proxy in front of it, see proxy.py),
+each tab reloaded only when a test needs the other node mode.
 
 ``ui`` is parametrised over (frontend, mode); tests that need fewer combinations re-parametrise it
 indirectly with the constants below (the same objects, so pytest reuses the cached fixture).
 """
 import os
-import shutil
 import sys
 import time
 
@@ -43,7 +43,8 @@ def chromium():
     pw = sync_playwright().start()
     browser = pw.chromium.launch(executable_path=P.CHROMIUM, args=P.CHROMIUM_ARGS)
     yield browser
-    for env in list(_ENVS.values()):
+    for fe in sorted(_ENVS, key=lambda k: k == "host"):  # proxies first, the server last
+        env = _ENVS[fe]
         try:
             env.page.close()
         finally:
@@ -54,24 +55,27 @@ def chromium():
 
 
 def _env(fe: str, browser) -> Env:
+    """The host frontend's Env owns the one ComfyUI server; other frontends are proxies in front of it."""
     if fe in _ENVS:
         return _ENVS[fe]
     root = P.FRONTENDS[fe]()
     if root is None:
-        pytest.skip(f"frontend {fe} is not installed: run scripts/setup --browser "
-                    "(pip install --target .host/frontend-1.58.1 comfyui-frontend-package==1.58.1)")
+        pytest.skip(f"frontend {fe} is not installed: run scripts/setup "
+                    "(it installs comfyui-frontend-package==1.58.1 into .host/frontend-1.58.1)")
     if not os.path.isfile(P.SAMPLE_IMAGE):
         pytest.skip(f"DragBench sample image not found at {P.SAMPLE_IMAGE} (shared data)")
-    fs = P.FrontendServer(root).start()
-    try:
-        fs.upload(P.SAMPLE_IMAGE, SAMPLE_NAME)
-        fs.upload(os.path.join(os.path.dirname(P.SAMPLE_IMAGE), "mask.png"),
-                  os.path.basename(SAMPLE_MASK), os.path.dirname(SAMPLE_MASK))
-        page = P.Page(browser, fs)
-    except Exception:
-        fs.stop()
-        raise
-    _ENVS[fe] = Env(fe, fs, page)
+    if fe == "host":
+        fs = P.FrontendServer(root).start()
+        try:
+            fs.upload(P.SAMPLE_IMAGE, SAMPLE_NAME)
+            fs.upload(os.path.join(os.path.dirname(P.SAMPLE_IMAGE), "mask.png"),
+                      os.path.basename(SAMPLE_MASK), os.path.dirname(SAMPLE_MASK))
+        except Exception:
+            fs.stop()
+            raise
+    else:
+        fs = P.FrontendServer(root, backend=_env("host", browser).fs).start()
+    _ENVS[fe] = Env(fe, fs, P.Page(browser, fs))
     return _ENVS[fe]
 
 
@@ -97,11 +101,8 @@ def page_(ui):
     return ui
 
 
-def save_screenshot(pg, name: str, keep: bool = False):
+def save_screenshot(pg, name: str):
+    """Screenshots go to out/browser/ (not tracked); tests/browser/screenshots/ holds chosen copies."""
     path = os.path.join(OUT, f"{name}.png")
     pg.screenshot(path)
-    if keep:
-        dst = os.path.join(os.path.dirname(os.path.abspath(__file__)), "screenshots", f"{name}.png")
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copyfile(path, dst)
     return path

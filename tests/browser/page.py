@@ -59,11 +59,24 @@ def missing_browser() -> str | None:
 
 
 class FrontendServer:
-    """A real ComfyUI server serving one frontend, with private user/input/output/temp folders."""
+    """A real ComfyUI server serving one frontend, with private user/input/output/temp folders.
 
-    def __init__(self, static_root: str):
+    With ``backend`` (another FrontendServer), no second ComfyUI is started: this frontend's static files
+    are served by a same-origin proxy in front of the backend's server (see proxy.py)."""
+
+    def __init__(self, static_root: str, backend: "FrontendServer | None" = None):
         self.root = static_root
         self.version = frontend_version(static_root)
+        self.backend = backend
+        self.proxy = None
+        if backend is not None:
+            from proxy import FrontendProxy
+            self.tmp = None
+            self.input_dir = backend.input_dir
+            self.server = backend.server
+            self.proxy = FrontendProxy(static_root, backend.url, harness.free_port())
+            self.url = self.proxy.url
+            return
         self.tmp = tempfile.mkdtemp(prefix="dragfusion-browser-")
         self.input_dir = os.path.join(self.tmp, "input")
         for d in ("user", "input", "output", "temp"):
@@ -81,10 +94,16 @@ class FrontendServer:
         self.url = self.server.url
 
     def start(self):
-        self.server.start()
+        if self.proxy is not None:
+            self.proxy.start()
+        else:
+            self.server.start()
         return self
 
     def stop(self):
+        if self.proxy is not None:
+            self.proxy.stop()
+            return
         self.server.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
