@@ -45,8 +45,9 @@ def ten_pairs(points):
     return DragPoints(w, h, tuple(pairs)).validate()
 
 
-def timed(fn, repeat):
-    fn()  # warm-up
+def timed(fn, repeat, warmup=1):
+    for _ in range(warmup):
+        fn()
     out = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -60,6 +61,7 @@ def main():
     ap.add_argument("--ckpt", default=harness.TINY_CKPT, help="checkpoint in the host's models/checkpoints")
     ap.add_argument("--size", type=int, default=512, help="image side (the sample is scaled to fit)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs of each variant first (the model is loaded beforehand anyway)")
     a = ap.parse_args()
 
     nodes = harness.load_host()
@@ -103,21 +105,22 @@ def main():
             record.append((t[1] - t[0], t[2] - t[1], t[3] - t[2], int(blank.sum().item() / 64)))
 
     many = ten_pairs(points)
+    mm.load_models_gpu([model])
     with torch.inference_mode():
         r1, r10 = [], []
-        t_plain, all_plain = timed(plain, a.repeat)
-        t_one, all_one = timed(lambda: edit(points, r1), a.repeat)
-        t_ten, all_ten = timed(lambda: edit(many, r10), a.repeat)
+        t_plain, all_plain = timed(plain, a.repeat, a.warmup)
+        t_one, all_one = timed(lambda: edit(points, r1), a.repeat, a.warmup)
+        t_ten, all_ten = timed(lambda: edit(many, r10), a.repeat, a.warmup)
 
     h, w = image.shape[1], image.shape[2]
     print(f"\nAttentionDrag bench: {a.ckpt}, {w}x{h}, {STEPS} steps, edit at {EDIT}, LCM/simple/euler, cfg 1, "
-          f"device {mm.get_torch_device()}, median of {a.repeat}")
+          f"device {mm.get_torch_device()}, median of {a.repeat} after {a.warmup} warm-up")
     print(f"{'run':<34}{'median s':>10}   all runs")
     for name, t, al in (("plain sampling (10 steps)", t_plain, all_plain),
                         ("full edit, 1 pair", t_one, all_one), ("full edit, 10 pairs", t_ten, all_ten)):
         print(f"{name:<34}{t:>10.3f}   {' '.join(f'{x:.3f}' for x in al)}")
     for name, rec in (("1 pair", r1), ("10 pairs", r10)):
-        inv, mid, regen, blanks = (statistics.median(x[i] for x in rec[1:] or rec) for i in range(4))
+        inv, mid, regen, blanks = (statistics.median(x[i] for x in rec[a.warmup:] or rec) for i in range(4))
         print(f"  {name}: inversion+capture {inv:.3f} s, mask+move+interpolate+kv {mid:.3f} s, "
               f"regeneration {regen:.3f} s, blank cells {blanks:.0f}")
     p2, p3 = t_one / t_plain, t_ten / t_one
