@@ -3,6 +3,7 @@
 Everything runs under torch.inference_mode() (the checkpoint is loaded there too), as ComfyUI's
 executor does, so the gradient pass is exercised on inference-mode weights.
 """
+import dataclasses
 import json
 import os
 
@@ -13,15 +14,24 @@ from PIL import Image
 
 import harness
 
-STEPS = 4
+STEPS = 3
 SIZE = 64
 IMAGE = "dragbench-dev/animals/JH_2023-09-14-1820-16/original_image.png"
 SAMPLER = "DragFusionDualBranchGuidedSampler"
 GUIDER = "DragFusionDualBranchGuider"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """2 shared cores: one intra-op thread is many times faster than two fighting for them."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
-def kit(host, data_dir):
+def kit(host, data_dir, one_thread):
     import comfy.sd
     import folder_paths
     path = folder_paths.get_full_path("checkpoints", harness.TINY_CKPT)
@@ -32,11 +42,10 @@ def kit(host, data_dir):
         pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
         latent = host.VAEEncode().encode(vae, pixels)[0]
         src, tar = enc("a photo of a dog"), enc("a photo of a cat")
-        inv = {}
-        for eta in (0.0, 0.1):
-            inv[eta], z_T, sigmas = harness.run_node(
-                "DragFusionPNIInvert", model=model, latent=latent, source=src, steps=STEPS, cfg=5.0, lam=0.02,
-                prox="L1", eta=eta, guidance_until=STEPS, scheduler="ddim_uniform").result
+        inversion, z_T, sigmas = harness.run_node(
+            "DragFusionPNIInvert", model=model, latent=latent, source=src, steps=STEPS, cfg=5.0, lam=0.02,
+            prox="L1", eta=0.1, guidance_until=STEPS, scheduler="ddim_uniform").result
+    inv = {0.1: inversion, 0.0: dataclasses.replace(inversion, eta=0.0)}
     return {"model": model, "latent": latent, "src": src, "tar": tar, "inv": inv, "z_T": z_T, "sigmas": sigmas}
 
 
@@ -80,14 +89,23 @@ def sample_pni(kit, eta, target):
                                 latent_image=kit["z_T"]).result[0]["samples"]
 
 
-def test_drag_runs_and_leaves_model_unchanged(kit):
+def test_drag_energy_acts_and_model_is_unchanged(kit):
     model = kit["model"]
     before = params(model)
     opts = json.dumps(model.model_options, default=str, sort_keys=True)
     wrappers = dict(model.weight_wrapper_patches)
-    out = run(kit, points=drag_points())
+    run_guider = host_module(harness.load_host()).run_guider
+    g = guider_impl(kit, "drag", eta=0.1, points=drag_points(), point_radius=8.0)
+    assert float(g.geometry.m_share.sum()) > 0 and float(g.geometry.m_gen.sum()) > 0
+    with torch.inference_mode():
+        out = run_guider(g, "euler")["samples"]
     assert out.shape == kit["z_T"]["samples"].shape and torch.isfinite(out).all()
-    plain = run(kit, points=drag_points(), energy_scale=0.0)
+    assert [i for i, _, _ in g.energy_log] == [0, 1]        # round(0.6 * 3) = 2 guided steps
+    for _, e, info in g.energy_log:
+        assert np.isfinite(e) and 0 < e <= 4.0 + 6.0         # L <= w_e/alpha + w_p/alpha
+        assert len(info) == 2 and info[0][0] is not None     # two scales; the edit term is there
+        assert all(0 <= float(s) <= 1 for scale in info for s in scale if s is not None)   # S in [0, 1]
+    plain = run(kit, points=drag_points(), point_radius=8.0, energy_scale=0.0)
     assert (out - plain).abs().max() > 1e-4, "the energy gradient changed nothing"
     after = params(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -95,11 +113,74 @@ def test_drag_runs_and_leaves_model_unchanged(kit):
     assert dict(model.weight_wrapper_patches) == wrappers
 
 
-def test_energy_is_logged_on_guided_steps_only(kit):
-    run_guider = host_module(harness.load_host()).run_guider
-    g = guider_impl(kit, "drag", eta=0.1, points=drag_points())
+def test_move_through_sampler_custom_advanced_with_another_sampler(kit):
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as ncs
+    mask = torch.zeros(1, SIZE, SIZE)
+    mask[:, 16:40, 8:32] = 1
     with torch.inference_mode():
-        run_guider(g, "euler")
-    steps = [i for i, _, _ in g.energy_log]
-    assert steps == [0, 1]                            # round(0.6 * 4) = 2 guided steps
-    assert all(np.isfinite(e) and e > 0 for _, e, _ in g.energy_log)
+        g = harness.run_node(GUIDER, model=kit["model"], inversion=kit["inv"][0.1], target=kit["src"], task="move",
+                             w_edit=4.0, w_share=6.0, energy_scale=40.0, guidance_fraction=0.6, kv_replace=True,
+                             mask=mask, offset_x=16.0, offset_y=0.0, scale=1.0).result[0]
+        out = harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_EmptyNoise(), guider=g,
+                               sampler=comfy.samplers.sampler_object("dpmpp_2m"), sigmas=kit["sigmas"],
+                               latent_image=kit["z_T"]).result[0]["samples"]
+    assert out.shape == kit["z_T"]["samples"].shape and torch.isfinite(out).all()
+    assert [i for i, _, _ in g.energy_log] == [0, 1]
+    with pytest.raises(ValueError, match="Dual-Branch Guider: input 'noise': .*DisableNoise"):
+        with torch.inference_mode():
+            harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_RandomNoise(1), guider=g,
+                             sampler=comfy.samplers.sampler_object("euler"), sigmas=kit["sigmas"], latent_image=kit["z_T"])
+
+
+def test_outpaint_extends_the_canvas(kit):
+    out = run(kit, task="outpaint", pad_right=16, pad_top=8, seed=3)
+    b, c, h, w = kit["z_T"]["samples"].shape
+    assert out.shape == (b, c, h + 1, w + 2) and torch.isfinite(out).all()
+
+
+def test_zero_energy_without_kv_equals_pni_guider(kit):
+    """Energy weights 0 and KV replacement off: the generation branch is exactly PNI sampling."""
+    for eta in (0.0, 0.1):
+        dual = run(kit, eta=eta, target=kit["tar"], points=drag_points(), w_edit=0.0, w_share=0.0, kv_replace=False)
+        pni = sample_pni(kit, eta, kit["tar"])
+        if eta == 0.0:
+            assert torch.allclose(dual, pni, atol=1e-5), float((dual - pni).abs().max())
+        else:  # the edit region is left out of the inversion guidance, elsewhere it is PNI
+            from dragfusion.guidance.dual_branch_tasks import drag_geometry
+            geo = drag_geometry(drag_points().in_cells(8), tuple(dual.shape[-2:]), 2.0)
+            keep = (1 - geo.edit_region).bool().expand_as(dual)
+            assert torch.allclose(dual[keep], pni[keep], atol=1e-5), float((dual - pni)[keep].abs().max())
+
+
+def test_kv_on_identical_branches_reproduce_the_reconstruction(kit):
+    """KV replacement on, target = source, zero energy: the generation branch follows the guidance branch."""
+    s = host_module(harness.load_host()).DualBranchSettings(w_edit=0.0, w_share=0.0, kv=True, kv_layers="all")
+    g = guider_impl(kit, "drag", eta=0.0, target=kit["src"], settings=s, points=drag_points())
+    with torch.inference_mode():
+        out = host_module(harness.load_host()).run_guider(g, "euler")["samples"]
+        rec = g.model_patcher.model.process_latent_out(g.state["gud"][STEPS].float())
+    assert torch.allclose(out, rec, atol=1e-5), float((out - rec).abs().max())
+    pni = sample_pni(kit, 0.0, kit["src"])     # ... which is PNI's own reconstruction
+    assert torch.allclose(out, pni, atol=1e-5), float((out - pni).abs().max())
+
+
+@pytest.mark.parametrize("task, extra, match", [
+    ("drag", {}, "input 'points': task 'drag' needs DRAG_POINTS"),
+    ("paste", {}, "input 'reference': task 'paste' needs a reference"),
+    ("style", {}, "input 'reference': task 'style' needs a reference"),
+    ("outpaint", {}, "input 'pad_left': task 'outpaint' needs padding"),
+    ("outpaint", {"pad_left": 12}, "input 'pad_left': 12 px must be a non-negative multiple of 8"),
+    ("move", {}, "input 'mask': task 'move' needs a MASK"),
+    ("landmarks", {}, "input 'landmarks_json': task 'landmarks' needs two 68-point"),
+])
+def test_invalid_combinations_are_clear_errors(kit, task, extra, match):
+    with pytest.raises(ValueError, match="Dual-Branch Guided Sampler: " + match):
+        run(kit, task=task, **extra)
+
+
+def test_points_for_another_image_size_are_refused(kit):
+    from dragfusion.guidance.drag_points import DragPoints
+    pts = DragPoints(128, 128, (((20.0, 30.0), (40.0, 30.0)),))
+    with pytest.raises(ValueError, match="input 'points': the points were placed on a 128x128 image"):
+        run(kit, points=pts)
