@@ -98,6 +98,10 @@ def test_two_pairs_pulling_apart():
     rows2[:, 0, 1, shared] = rows2[:, 0, 1, right[0]]
     v2 = movement_field(rows2, handles, drag_vectors(pairs))
     assert torch.allclose(v2[0, shared], torch.zeros(2), atol=1e-4)
+    # ... weighted by its normalised attention to each handle (1/2 each), not summed
+    v3 = movement_field(rows2, handles, torch.tensor([[-4.0, 0.0], [0.0, 4.0]]))
+    assert torch.allclose(v3[0, shared], torch.tensor([-2.0, 2.0]), atol=1e-3)
+    assert torch.allclose(v3[0, left[0]], torch.tensor([-4.0, 0.0]), atol=1e-2)
 
 
 def test_collisions_keep_the_most_attended_source():
