@@ -224,7 +224,8 @@ def run_inversion(model, latent, steps, edit_step, scheduler="normal", cfg=1.0, 
         record=record, progress=progress))
     up = inversion_sigmas(sigmas, edit_step)
     noise = torch.zeros_like(samples, device="cpu")
-    out = guider.sample(noise, samples, sampler, up, disable_pbar=True, seed=0)
+    with torch.no_grad():  # the executor runs nodes in inference mode; scripts calling this may not
+        out = guider.sample(noise, samples, sampler, up, disable_pbar=True, seed=0)
     inter = comfy.model_management.intermediate_device()
     result = dict(latent)
     result["samples"] = out.to(inter)
