@@ -13,6 +13,7 @@ import comfy.model_management
 import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
+import comfy.supported_models
 import comfy.utils
 import torch
 from comfy_api.latest import io
@@ -34,6 +35,10 @@ def check_eps_model(model, node: str):
     if not isinstance(ms, comfy.model_sampling.EPS) or isinstance(ms, wrong):
         raise input_error(node, "model", f"needs an epsilon-prediction model of the SD1.5 family; this one samples "
                                          f"with {type(ms).__name__} (v-prediction, x0 and flow models are not supported)")
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    if not isinstance(config, comfy.supported_models.SD15):
+        raise input_error(node, "model", f"needs a model of the SD1.5 family (SD1.5, its fine-tunes, LCM); this one is "
+                                         f"{type(config).__name__} (SD2, SDXL and other families are not supported)")
     return ms
 
 
@@ -123,7 +128,7 @@ class PNIInvert(io.ComfyNode):
                                        "inversion trajectory, z <- z - eta*M*(z - z*). 1 = replace, 0 = off."),
                 io.Int.Input("guidance_until", default=50, min=0, max=1000,
                              tooltip="Inversion guidance applies to sampling steps 0 .. guidance_until-1 (step 0 is the "
-                                     "noisiest). Set it to steps for all steps, 0 for none; it may not exceed steps."),
+                                     "noisiest). 0 = none; steps or more = every step."),
                 io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default=DEFAULT_SCHEDULER,
                                tooltip="ComfyUI scheduler for the sigmas (ddim_uniform = the DDIM timesteps of the paper)."),
             ],
@@ -145,8 +150,6 @@ class PNIInvert(io.ComfyNode):
             return f"{INVERT}: input 'steps': {steps} must lie in 1..1000"
         if guidance_until is not None and guidance_until < 0:
             return f"{INVERT}: input 'guidance_until': {guidance_until} must be >= 0"
-        if steps is not None and guidance_until is not None and guidance_until > steps:
-            return f"{INVERT}: input 'guidance_until': {guidance_until} exceeds steps ({steps}); use 0..{steps}"
         return True
 
     @classmethod
@@ -157,7 +160,7 @@ class PNIInvert(io.ComfyNode):
             (lam >= 0, "lam", f"lambda {lam} must be >= 0"),
             (prox in PROX_MODES, "prox", f"{prox!r} is not one of {PROX_MODES}"),
             (0 <= eta <= 1, "eta", f"{eta} must lie in 0..1 (1 = replace by the trajectory)"),
-            (0 <= guidance_until <= steps, "guidance_until", f"{guidance_until} must lie in 0..steps ({steps})"),
+            (guidance_until >= 0, "guidance_until", f"{guidance_until} must be >= 0 (0 = no inversion guidance)"),
         ]
         for ok, name, msg in checks:
             if not ok:
@@ -174,7 +177,7 @@ class PNIInvert(io.ComfyNode):
             raise input_error(INVERT, "source", "expected a non-empty CONDITIONING (CLIP Text Encode of the source prompt)")
         check_eps_model(model, INVERT)
         sigmas = schedule(model, scheduler, steps)
-        if guidance_until == steps:  # "all steps", also when the scheduler made one more
+        if guidance_until >= steps:  # "every step", also when the scheduler made one more
             guidance_until = len(sigmas) - 1
         z_T, trajectory = ddim_invert_with_comfy(model, samples, source, sigmas)
         inversion = Inversion(sigmas=sigmas, trajectory=trajectory, source_cond=source, cfg=float(cfg), lam=float(lam),
