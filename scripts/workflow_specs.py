@@ -150,3 +150,48 @@ SPECS["pni_edit.json"] = (PNI_EDIT, [
     "the source prompt as the negative, the CFG difference through prox_lambda (L1/L0) and the unedited region "
     "pulled towards the inversion (eta). Sample with DisableNoise, ddim (or euler) and PNI Invert's own sigmas "
     "and z_T. With target = source it reconstructs the photo. Use an SD1.5-family checkpoint."])
+
+# Dual-branch (issue 8): PNI Invert the photo, then the Dual-Branch Guided Sampler edits it (drag / move / outpaint).
+def _dual_branch(task: str, widgets: dict, links: dict, prefix: str, side_by_side: bool = True) -> list:
+    spec = [
+        {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100],
+         "widgets": {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"}},
+        {"id": 2, "type": "DragFusionLoadDragBenchSample", "pos": [50, 300],
+         "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
+        {"id": 3, "type": "VAEEncode", "pos": [450, 300], "links": {"pixels": [2, 0], "vae": [1, 2]}},
+        {"id": 4, "type": "CLIPTextEncode", "pos": [450, 450], "title": "source prompt (the sample's own)",
+         "widgets": {"text": ""}, "links": {"clip": [1, 1], "text": [2, 3]}},
+        {"id": 5, "type": "DragFusionPNIInvert", "pos": [850, 100], "widgets": {"steps": 20, "guidance_until": 20},
+         "links": {"model": [1, 0], "latent": [3, 0], "source": [4, 0]}},
+        {"id": 6, "type": "DragFusionDualBranchGuidedSampler", "pos": [1250, 100],
+         "widgets": {"task": task, "sampler_name": "euler", **widgets},
+         "links": {"model": [1, 0], "inversion": [5, 0], "target": [4, 0], **links}},
+        {"id": 7, "type": "VAEDecode", "pos": [1650, 100], "links": {"samples": [6, 0], "vae": [1, 2]}},
+    ]
+    if side_by_side:
+        spec += [{"id": 8, "type": "DragFusionSideBySide", "pos": [1950, 100],
+                  "links": {"original": [2, 0], "result": [7, 0], **({"points": [2, 1]} if "points" in links else {}),
+                            "mask": [2, 2]}},
+                 {"id": 9, "type": "SaveImage", "pos": [2300, 100], "widgets": {"filename_prefix": prefix},
+                  "links": {"images": [8, 0]}}]
+    else:
+        spec += [{"id": 8, "type": "SaveImage", "pos": [1950, 100], "widgets": {"filename_prefix": prefix},
+                  "links": {"images": [7, 0]}}]
+    return spec
+
+
+DUAL_BRANCH_NOTE = (" PNI Invert (20 steps here, ddim_uniform; the paper uses 50) inverts the photo with its own prompt; "
+                    "the Dual-Branch Guided Sampler runs the guidance branch (its reconstruction) and the generation "
+                    "branch in one batch per step, with KV replacement and the energy of Eq. 6 (w_edit, w_share, "
+                    "alpha 1, beta 4) guiding the first 60 % of the steps. Use an SD1.5-family checkpoint.")
+SPECS["dual_branch_drag.json"] = (_dual_branch("drag", {}, {"points": [2, 1], "mask": [2, 2]}, "dragfusion_dual_branch_drag"), [
+    "VersaFusion dual-branch drag: the DragBench sample's handle -> target pairs and its editable region (mask)."
+    + DUAL_BRANCH_NOTE + " The saved image shows original | arrows | mask | result."])
+SPECS["dual_branch_move.json"] = (_dual_branch("move", {"offset_x": -64.0, "offset_y": 0.0, "scale": 1.0},
+                                               {"mask": [2, 2]}, "dragfusion_dual_branch_move"), [
+    "VersaFusion dual-branch move / resize: the masked region (here the sample's editable mask) moves by "
+    "(offset_x, offset_y) pixels and is scaled by 'scale' about its box centre." + DUAL_BRANCH_NOTE])
+SPECS["dual_branch_outpaint.json"] = (_dual_branch("outpaint", {"pad_left": 64, "pad_right": 64},
+                                                   {}, "dragfusion_dual_branch_outpaint", side_by_side=False), [
+    "VersaFusion dual-branch outpaint: the canvas grows by the four pads (pixels, multiples of 8); the old canvas "
+    "is preserved through the energy's shared term and KV replacement, the new area is drawn to match it." + DUAL_BRANCH_NOTE])
