@@ -59,8 +59,8 @@ class AutoMask(io.ComfyNode):
             raise input_error(NODE, "reference", f"{reference!r} is not one of {automask.REFERENCES}")
         if mask_mode not in MASK_MODES:
             raise input_error(NODE, "mask_mode", f"{mask_mode!r} is not one of {MASK_MODES}")
-        if not (tau >= 0):
-            raise input_error(NODE, "tau", f"{tau} must be >= 0")
+        if not (0 < tau < float("inf")):
+            raise input_error(NODE, "tau", f"{tau} must be > 0 (a cell is in the mask when attention / reference > tau; paper: 2.0)")
         h, w = capture.latent_hw
         b = next(iter(capture.q.values())).shape[0]
         user = None

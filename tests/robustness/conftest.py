@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import robust_models  # noqa: E402
-from robust_files import (CKPT_DIR, CORRUPT, EMPTY_FILE, GOOD_IP, IMAGE_64, INPUT_DIR, IP_DIR, MARKER, MASK_40,  # noqa: E402
+from robust_files import (PREFIX, CKPT_DIR, CLIP_VISION_DIR, CLIP_VISION_NAME, CORRUPT, EMPTY_FILE, GOOD_IP, IMAGE_64, INPUT_DIR, IP_DIR, MARKER, MASK_40,  # noqa: E402
                           MASK_EMPTY, PICKLE_AS_ST, PICKLE_CKPT, WRONG_KEYS, write_good_image_prompt, write_pickle)
 
 
@@ -19,7 +19,7 @@ def robust_files():
     from PIL import Image
     from safetensors.torch import save_file
 
-    for d in (CKPT_DIR, IP_DIR, INPUT_DIR):
+    for d in (CKPT_DIR, IP_DIR, INPUT_DIR, CLIP_VISION_DIR):
         os.makedirs(d, exist_ok=True)
     made = robust_models.write_all(CKPT_DIR)
     rng = np.random.default_rng(0)
@@ -37,7 +37,12 @@ def robust_files():
     open(os.path.join(IP_DIR, EMPTY_FILE), "wb").close()
     save_file({"model.weight": torch.zeros(4, 4), "something.else": torch.ones(2)}, os.path.join(IP_DIR, WRONG_KEYS))
     made += [os.path.join(IP_DIR, n) for n in (CORRUPT, EMPTY_FILE, WRONG_KEYS)]
+    save_file({"placeholder": torch.zeros(1)}, os.path.join(CLIP_VISION_DIR, CLIP_VISION_NAME))
+    made.append(os.path.join(CLIP_VISION_DIR, CLIP_VISION_NAME))
     yield made
+    for sub in ("output", "temp"):   # what the suite's SaveImage / SaveLatent / PreviewImage wrote
+        for root, _, files in os.walk(os.path.join(harness.COMFYUI_DIR, sub)):
+            made += [os.path.join(root, f) for f in files if f.startswith(PREFIX)]
     for p in made + [MARKER]:
         try:
             os.remove(p)

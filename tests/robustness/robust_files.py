@@ -20,6 +20,10 @@ WRONG_KEYS = PREFIX + "wrong_keys.safetensors"
 EMPTY_FILE = PREFIX + "empty.safetensors"
 GOOD_IP = PREFIX + "image_prompt.safetensors"
 CLIP_DIM = 32
+CLIP_VISION_DIR = os.path.join(HOST, "models", "clip_vision")
+# Listed by CLIPVisionLoader so graphs with an Image Prompt Encoder pass the host's own validation; the
+# suite only sends such graphs where our node's inputs are refused first (nothing ever loads it).
+CLIP_VISION_NAME = PREFIX + "clip_vision_placeholder.safetensors"
 
 
 class RunsCode:

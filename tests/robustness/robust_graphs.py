@@ -20,7 +20,7 @@ def sample_path(variant: int = 0) -> str:
     return "./" * variant + SAMPLE
 
 
-def edit_graph(variant: int = 0, steps: int = 4, edit_step: int = 2, points=None, prefix: str = "dragfusion_robust",
+def edit_graph(variant: int = 0, steps: int = 4, edit_step: int = 2, points=None, prefix: str = "dragfusion_test_robust",
                save_latent: bool = False) -> dict:
     """LoadDragBenchSample -> 64x64 -> points JSON -> Invert+Capture -> AutoMask(union with a square)
     -> SemanticMove -> Interpolate -> KV consistency -> KSamplerAdvanced -> VAEDecode -> SaveImage."""

@@ -106,7 +106,7 @@ def dual(**over):
 
 
 def image_prompt(weights, gamma=1.0):
-    return {"60": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "dragfusion_test_none.safetensors"}},
+    return {"60": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": rc.CLIP_VISION_NAME}},
             "61": {"class_type": "DragFusionLoadDragBenchSample", "inputs": {"sample": rg.SAMPLE, "size": "fit 128 (multiple of 8)"}},
             "62": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["60", 0], "image": ["61", 0], "crop": "center"}},
             "63": {"class_type": "DragFusionImagePromptEncoder", "inputs": {"clip_vision_output": ["62", 0], "weights": weights}},
@@ -186,7 +186,8 @@ CASES = {
     "canvas_mask_wrong_size": (lambda: canvas(mask=rc.MASK_40), "50", "DragFusionDragPoints", "mask"),
     "canvas_no_pairs_empty_mask": (lambda: canvas(points=pts([]), mask=rc.MASK_EMPTY), "50", "DragFusionDragPoints", "points"),
     # --- PNI Invert / PNI Guider ---------------------------------------------------------------------------
-    "pni_guidance_until_over_steps": (lambda: pni(guidance_until=5), "30", "DragFusionPNIInvert", "guidance_until"),
+    "pni_eta_nan": (lambda: pni(eta=math.nan), "30", "DragFusionPNIInvert", "eta"),
+    "pni_lambda_negative": (lambda: pni(lam=-1.0), "30", "DragFusionPNIInvert", "lam"),
     "pni_all_zero_latent": (lambda: set_in(add(pni(), "42", "EmptyLatentImage", width=64, height=64, batch_size=1),
                                            "30", latent=["42", 0]), "30", "DragFusionPNIInvert", "latent"),
     "pni_model_v_prediction": (lambda: pni_model(pni(), "30", sampling="v_prediction"), "30", "DragFusionPNIInvert", "model"),
@@ -200,12 +201,20 @@ CASES = {
     "dual_move_without_mask": (lambda: dual(task="move"), "31", "DragFusionDualBranchGuider", "mask"),
     "dual_outpaint_without_padding": (lambda: dual(task="outpaint"), "31", "DragFusionDualBranchGuider", "pad_left"),
     "dual_model_sdxl_like": (lambda: pni_model(dual(), "31", ckpt=robust_models.SDXL_NAME), "31", "DragFusionDualBranchGuider", "model"),
-    # --- Image Prompt Encoder / Apply Image Prompt (weights chosen from the model folder) ----------------------
-    "weights_missing_file": (lambda: image_prompt(rc.PREFIX + "missing.safetensors"), "63", "DragFusionImagePromptEncoder", "weights"),
-    "weights_dotdot": (lambda: image_prompt("../checkpoints/" + harness.TINY_CKPT), "63", "DragFusionImagePromptEncoder", "weights"),
-    "weights_absolute": (lambda: image_prompt("/etc/passwd"), "63", "DragFusionImagePromptEncoder", "weights"),
-    "weights_pickle_ckpt": (lambda: image_prompt(rc.PICKLE_CKPT), "63", "DragFusionImagePromptEncoder", "weights"),
+    # --- Apply Image Prompt (the weights-file cases run in-process: test_robust_safety.py) ----------------------
     "gamma_out_of_range": (lambda: image_prompt(rc.GOOD_IP, gamma=20.0), "65", "DragFusionApplyImagePrompt", "gamma"),
+    # --- combo values that are not among the options: ComfyUI 0.3.75 does not check V3 combos itself ----------
+    "combo_layers": (lambda: set_in(edit(), "9", layers="everything"), "9", "DragFusionInvertCapture", "layers"),
+    "combo_scheduler": (lambda: set_in(edit(), "9", scheduler="bogus"), "9", "DragFusionInvertCapture", "scheduler"),
+    "combo_reference": (lambda: set_in(edit(), "13", reference="bogus"), "13", "DragFusionAutoMask", "reference"),
+    "combo_mask_mode": (lambda: set_in(edit(), "13", mask_mode="bogus"), "13", "DragFusionAutoMask", "mask_mode"),
+    "combo_fill": (lambda: set_in(edit(), "15", fill="bogus"), "15", "DragFusionAttentionInterpolate", "fill"),
+    "combo_mode": (lambda: set_in(edit(), "15", mode="bogus"), "15", "DragFusionAttentionInterpolate", "mode"),
+    "combo_size": (lambda: set_in(edit(), "3", size="fit 99"), "3", "DragFusionLoadDragBenchSample", "size"),
+    "combo_prox": (lambda: pni(prox="L2"), "30", "DragFusionPNIInvert", "prox"),
+    "combo_pni_scheduler": (lambda: pni(scheduler="bogus"), "30", "DragFusionPNIInvert", "scheduler"),
+    "combo_task": (lambda: dual(task="bogus"), "31", "DragFusionDualBranchGuider", "task"),
+    "combo_kv_layers": (lambda: dual(kv_layers="bogus"), "31", "DragFusionDualBranchGuider", "kv_layers"),
 }
 
 
