@@ -95,6 +95,27 @@ function downstreamIds(node) {
   return seen;
 }
 
+/** A grey-level result (a mask such as AutoMask's) becomes a cyan tint of its bright parts; else null. */
+function maskLikeTint(img) {
+  const w = img.naturalWidth, h = img.naturalHeight;
+  if (!w || !h) return null;
+  const c = el("canvas", { width: w, height: h });
+  const ctx = c.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  const d = ctx.getImageData(0, 0, w, h);
+  const p = d.data;
+  const step = Math.max(4, Math.floor(p.length / 4 / 4096) * 4);
+  for (let i = 0; i < p.length; i += step) {
+    if (Math.abs(p[i] - p[i + 1]) > 6 || Math.abs(p[i + 1] - p[i + 2]) > 6) return null;
+  }
+  for (let i = 0; i < p.length; i += 4) {
+    const v = p[i];
+    p[i] = 0; p[i + 1] = 200; p[i + 2] = 255; p[i + 3] = Math.round(v * 0.8);
+  }
+  ctx.putImageData(d, 0, 0);
+  return c;
+}
+
 function hideWidget(w) {
   // 1.58: `hidden` is the public facade; older frontends honour the legacy computeSize trick.
   w.hidden = true;
@@ -438,7 +459,7 @@ class DragCanvas {
     const info = detail.output.images[0];
     const img = new Image();
     img.onload = () => {
-      this.overlay = { img, from, isAutoMask, prompt: detail.prompt_id, url: img.src };
+      this.overlay = { img: maskLikeTint(img) ?? img, from, isAutoMask, prompt: detail.prompt_id, url: img.src };
       this.showOverlay = true;
       this.refreshToolbar();
       this.draw();

@@ -2,8 +2,7 @@
 host's own frontend served by that server, 1.58.1 by a same-origin proxy in front of it, see proxy.py),
 each tab reloaded only when a test needs the other node mode.
 
-``ui`` is parametrised over (frontend, mode); tests that need fewer combinations re-parametrise it
-indirectly with the constants below (the same objects, so pytest reuses the cached fixture).
+``ui`` is parametrised over (frontend, mode); get_page() gives any of them directly.
 """
 import os
 import sys
@@ -79,19 +78,22 @@ def _env(fe: str, browser) -> Env:
     return _ENVS[fe]
 
 
-@pytest.fixture(scope="session", params=ALL_UI)
-def ui(request, chromium):
-    """A ready page of one frontend in one node mode: the Page, with .env for the server."""
-    fe, mode = request.param.split("/")
-    env = _env(fe, chromium)
+def get_page(browser, which: str) -> P.Page:
+    """The ready tab of frontend/mode ``which`` (e.g. "host/classic"), reloaded only to switch the mode."""
+    fe, mode = which.split("/")
+    env = _env(fe, browser)
     pg = env.page
     if pg.vue != (mode == "vue") or not pg.page.url.startswith(env.fs.url):
-        t0 = time.time()
         pg.open(mode == "vue")
-        pg.open_seconds = time.time() - t0
     pg.env = env
     pg.label = f"{env.fs.version}-{mode}"
     return pg
+
+
+@pytest.fixture(scope="session", params=ALL_UI)
+def ui(request, chromium):
+    """A ready page of one frontend in one node mode: the Page, with .env for the server."""
+    return get_page(chromium, request.param)
 
 
 @pytest.fixture()
