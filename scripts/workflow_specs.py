@@ -34,7 +34,7 @@ ATTENTION_DRAG = [
     {"id": 7, "type": "DragFusionInvertCapture", "pos": [750, 100],
      "widgets": {"steps": 10, "edit_step": 5, "scheduler": "simple", "cfg": 1.0, "layers": "latent resolution",
                  "capture_values": True},
-     "links": {"model": [2, 0], "latent": [6, 0], "positive": [4, 0], "points": [3, 1]}},
+     "links": {"model": [2, 0], "latent": [6, 0], "positive": [4, 0]}},
     {"id": 8, "type": "DragFusionAutoMask", "pos": [1100, 100],
      "widgets": {"tau": 2.0, "reference": "mean", "steps": "all", "dilation": 0, "mask_mode": "union"},
      "links": {"capture": [7, 1], "points": [3, 1], "mask": [3, 2]}},

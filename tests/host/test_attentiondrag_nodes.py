@@ -239,7 +239,8 @@ def _denoise(model, x, sigma, cond, extra=None):
     s = torch.full((x.shape[0],), float(sigma))
     to["sigmas"] = s
     dev = comfy.model_management.get_torch_device()
-    return model.model.apply_model(x.to(dev), s.to(dev), c_crossattn=cond.to(dev), transformer_options=to).float().cpu()
+    with torch.no_grad():
+        return model.model.apply_model(x.to(dev), s.to(dev), c_crossattn=cond.to(dev), transformer_options=to).float().cpu()
 
 
 def test_ksampler_advanced_resumes_the_inversion_exactly(real):
