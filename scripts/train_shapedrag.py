@@ -1,0 +1,335 @@
+"""Train the ShapeDrag model: a TAESD-layout VAE and the tiny SD1.5-architecture UNet, on CPU.
+
+Procedural scenes (bench/shapedrag/scenes.py: textured shapes on textured backgrounds, 128x128)
+make drag quality measurable here, where no trained Stable Diffusion weights can be had:
+
+1. VAE phase: ComfyUI's own TAESD (encoder + decoder, 4 latent channels) is trained from a seeded
+   random start on random 64x64 crops of fresh scenes (L1 + MSE, a small latent-size penalty, and
+   noise on the decoder's input so it tolerates imperfect latents). Then it is frozen, and the
+   scalar mean/std of its latents set the checkpoint's vae_scale / vae_shift so that ComfyUI's
+   SD15 latent format (x 0.18215) hands the UNet unit-variance latents.
+2. UNet phase: the reduced SD1.5 UNet of scripts/make_tiny_checkpoint.py (same config, same seeded
+   start, so ComfyUI detects SD15), eps-prediction with SD1.5's discrete schedule (scaled-linear
+   betas 0.00085..0.012, 1000 steps), on a pool of encoded scenes (16x16 latents) refreshed every
+   step. 80 % of the timesteps are drawn from t < 650 (the drag edit inverts to about t = 500 and
+   regenerates from there), 20 % from the full range. The frozen full-size CLIP-L of the tiny
+   checkpoint encodes one fixed prompt (scenes.PROMPT) once, exactly as CLIPTextEncode does; 10 %
+   of the samples see the empty prompt instead, so CFG works too. The cross-attention key/value
+   projections read only those two fixed prompts; they stay frozen at the tiny checkpoint's values.
+   AdamW, fp32, warm-up then cosine decay over the time budget, EMA of the weights (exported).
+
+Output (fp16 safetensors, < 40 MB): the trained UNet tensors + the VAE, keyed as in an SD1.5
+checkpoint (model.diffusion_model.*, first_stage_model.taesd_encoder.* / taesd_decoder.* /
+vae_scale / vae_shift). The CLIP text encoder and the frozen cross-attention key/value projections
+are NOT stored: scripts/install_shapedrag.py (run by scripts/setup) adds them from the tiny
+checkpoint, which rebuilds them deterministically, and writes the host's
+models/checkpoints/dragfusion_shapedrag.safetensors.
+
+    python scripts/train_shapedrag.py --comfyui .host/ComfyUI                # 55 minutes, 2 threads
+    python scripts/train_shapedrag.py --minutes 10
+    python scripts/train_shapedrag.py --quick --out /tmp/q.safetensors     # ~1 minute, for tests
+    python scripts/train_shapedrag.py --vae-steps 600 --unet-steps 1500    # exact step counts
+
+The time budget makes the step counts depend on the machine; the counts used are printed and
+stored in the file's metadata, and --vae-steps / --unet-steps rerun them exactly (same seed,
+same thread count).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import numpy as np  # noqa: E402
+
+from shapedrag import scenes  # noqa: E402
+
+SEED = 1234
+IMAGE = 128
+SD15_BETAS = (0.00085, 0.012)
+FROZEN_UNET = ("attn2.to_k.", "attn2.to_v.")    # cross-attention K/V: read only the fixed prompts
+LATENT_SCALE_FACTOR = 0.18215                     # comfy.latent_formats.SD15
+
+
+def log(msg: str):
+    print(f"[train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Clock:
+    def __init__(self, minutes: float):
+        self.t0 = time.time()
+        self.budget = minutes * 60.0
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+
+def alphas_cumprod(torch):
+    lo, hi = SD15_BETAS
+    betas = torch.linspace(lo ** 0.5, hi ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, 0).float()
+
+
+def scene_batch(torch, seeds, crop: int | None = None, rng=None, crops_per_scene: int = 1):
+    """[B, 3, H, W] in [0, 1] (the TAESD encoder's input range); optional random crops (at multiples of 8)."""
+    imgs = scenes.render_batch(seeds, IMAGE)
+    if crop:
+        out = []
+        for im in imgs:
+            for _ in range(crops_per_scene):
+                y, x = (rng.integers(0, (IMAGE - crop) // 8 + 1, 2) * 8)
+                out.append(im[y:y + crop, x:x + crop])
+        imgs = np.stack(out)
+    return torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).contiguous()
+
+
+def encode_prompts(torch, tiny_sd):
+    """The tiny checkpoint's CLIP, loaded by ComfyUI, encodes the prompts as CLIPTextEncode does."""
+    import comfy.sd
+    sd = {k: v for k, v in tiny_sd.items() if k.startswith("cond_stage_model.") or k.startswith("model.diffusion_model.")}
+    _, clip, _, _ = comfy.sd.load_state_dict_guess_config(sd, output_vae=False, output_clip=True, output_model=False)
+    out = []
+    for text in (scenes.PROMPT, ""):
+        cond = clip.encode_from_tokens(clip.tokenize(text))
+        out.append(cond.float().cpu())
+    return out   # [1, 77, 768] each
+
+
+def lr_at(frac: float, base: float, warm: float, step: int, warm_steps: int) -> float:
+    w = min(1.0, (step + 1) / warm_steps)
+    return base * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def train_vae(torch, vae, clock, args, rng):
+    enc, dec = vae.taesd_encoder, vae.taesd_decoder
+    params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.AdamW(params, lr=args.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    budget = args.minutes * 60.0 * args.vae_frac
+    t0 = clock.elapsed()
+    step, avg, last = 0, None, time.time()
+    seed_base = SEED * 1_000_000
+    while True:
+        if args.vae_steps is not None:
+            if step >= args.vae_steps:
+                break
+            frac = step / max(1, args.vae_steps)
+        else:
+            frac = (clock.elapsed() - t0) / budget
+            if frac >= 1.0:
+                break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(frac, args.vae_lr, 0, step, 20)
+        n = max(1, args.vae_batch // 3)      # 3 crops per scene: rendering costs less than the network
+        x = scene_batch(torch, range(seed_base + step * n, seed_base + (step + 1) * n), crop=args.vae_crop, rng=rng,
+                        crops_per_scene=-(-args.vae_batch // n))[:args.vae_batch]
+        z = enc(x)
+        zd = z + 0.1 * torch.randn_like(z) * z.detach().std()
+        y = dec(zd)
+        rec = (y - x).abs().mean() + 0.5 * (y - x).pow(2).mean()
+        loss = rec + 1e-3 * z.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        avg = rec.item() if avg is None else 0.95 * avg + 0.05 * rec.item()
+        if time.time() - last > args.log_every or step == 1:
+            last = time.time()
+            psnr = -10 * math.log10(max(1e-10, (y - x).pow(2).mean().item()))
+            log(f"vae  step {step:5d}  {clock.elapsed() / 60:5.1f} min  rec {avg:.4f}  psnr {psnr:5.2f} dB  "
+                f"|z| {z.detach().std():.2f}  lr {opt.param_groups[0]['lr']:.2e}")
+    return step, (math.nan if avg is None else avg)
+
+
+def encode_pool(torch, enc, n: int, seed0: int):
+    """Raw latents of n fresh scenes (frozen encoder)."""
+    with torch.no_grad():
+        return torch.cat([enc(scene_batch(torch, range(seed0 + i, seed0 + min(n, i + 16)))) for i in range(0, n, 16)])
+
+
+def train_unet(torch, unet, enc, conds, clock, args, rng, norm, raw_pool, next_seed):
+    m, s = norm
+    acp = alphas_cumprod(torch)
+    frozen = [p for n, p in unet.named_parameters() if any(f in n for f in FROZEN_UNET)]
+    for p in frozen:
+        p.requires_grad_(False)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    ema = {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
+    named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+
+    pool = (raw_pool - m) / s                      # encoded scenes, refreshed every step
+    cond, uncond = conds
+    gen = torch.Generator().manual_seed(SEED + 7)
+    t0 = clock.elapsed()
+    budget = max(1.0, clock.budget - t0 - args.reserve)
+    step, avg, last = 0, None, time.time()
+    while True:
+        if args.unet_steps is not None:
+            if step >= args.unet_steps:
+                break
+            frac = step / max(1, args.unet_steps)
+        else:
+            frac = (clock.elapsed() - t0) / budget
+            if frac >= 1.0:
+                break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(frac, args.lr, 0, step, args.warmup)
+        if args.refresh:
+            with torch.no_grad():
+                new = (enc(scene_batch(torch, range(next_seed, next_seed + args.refresh))) - m) / s
+            slots = torch.randint(0, args.pool, (args.refresh,), generator=gen)
+            pool[slots] = new
+            next_seed += args.refresh
+        b = args.batch
+        x0 = pool[torch.randint(0, args.pool, (b,), generator=gen)]
+        low = torch.rand(b, generator=gen) < 0.8
+        t = torch.where(low, torch.randint(0, 650, (b,), generator=gen), torch.randint(0, 1000, (b,), generator=gen))
+        a = acp[t].view(b, 1, 1, 1)
+        eps = torch.randn(x0.shape, generator=gen)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        drop = (torch.rand(b, generator=gen) < 0.1).view(b, 1, 1)
+        ctx = torch.where(drop, uncond.expand(b, -1, -1), cond.expand(b, -1, -1))
+        pred = unet(xt, timesteps=t.float(), context=ctx)
+        loss = (pred - eps).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for n, p in named:
+                ema[n].mul_(decay).add_(p.detach(), alpha=1 - decay)
+        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        if time.time() - last > args.log_every or step == 1:
+            last = time.time()
+            sps = step * b / max(1e-6, clock.elapsed() - t0)
+            log(f"unet step {step:5d}  {clock.elapsed() / 60:5.1f} min  loss {avg:.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
+                f"{sps:.1f} samples/s")
+    with torch.no_grad():
+        for n, p in named:
+            p.copy_(ema[n])
+    return step, (math.nan if avg is None else avg)
+
+
+def export(torch, unet, vae, tiny_sd, norm, out_path, info):
+    from safetensors.torch import save_file
+    m, s = norm
+    sd = {}
+    for k, v in unet.state_dict().items():
+        key = "model.diffusion_model." + k
+        if any(f in k for f in FROZEN_UNET):
+            if not torch.equal(v.detach().to(torch.float16), tiny_sd[key]):
+                raise RuntimeError(f"frozen tensor {key} differs from the tiny checkpoint's")
+            continue   # added back from the tiny checkpoint by scripts/install_shapedrag.py
+        sd[key] = v
+    with torch.no_grad():
+        vae.vae_scale.fill_(s * LATENT_SCALE_FACTOR)
+        vae.vae_shift.fill_(-m / (s * LATENT_SCALE_FACTOR))
+    for k, v in vae.state_dict().items():
+        sd["first_stage_model." + k] = v
+    out = {}
+    for k, v in sd.items():
+        v = v.detach().float()
+        if not torch.isfinite(v).all():
+            raise RuntimeError(f"non-finite tensor {k}")
+        out[k] = v.to(torch.float16).contiguous()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = out_path + ".tmp"
+    save_file(out, tmp, metadata={"format": "pt", "dragfusion_shapedrag": json.dumps(info, sort_keys=True)})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out_path)
+    return os.path.getsize(out_path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR") or os.path.join(REPO, ".host", "ComfyUI"))
+    ap.add_argument("--out", default=os.path.join(REPO, "models", "dragfusion_shapedrag.safetensors"))
+    ap.add_argument("--minutes", type=float, default=55.0, help="wall-clock budget for everything (default 55)")
+    ap.add_argument("--quick", action="store_true", help="3 VAE + 3 UNet steps on a tiny pool (tests, smoke checks)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--vae-frac", type=float, default=0.14, help="share of the budget for the VAE phase")
+    ap.add_argument("--vae-steps", type=int, default=None, help="exact VAE steps (overrides the time budget)")
+    ap.add_argument("--unet-steps", type=int, default=None, help="exact UNet steps (overrides the time budget)")
+    ap.add_argument("--vae-batch", type=int, default=12)
+    ap.add_argument("--vae-crop", type=int, default=48)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--warmup", type=int, default=40)
+    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--pool", type=int, default=512)
+    ap.add_argument("--refresh", type=int, default=2, help="pool entries replaced by new scenes per step")
+    ap.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the export")
+    ap.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
+    args = ap.parse_args()
+    if args.quick:
+        args.vae_steps = 3 if args.vae_steps is None else args.vae_steps
+        args.unet_steps = 3 if args.unet_steps is None else args.unet_steps
+        args.pool, args.refresh, args.batch, args.vae_batch = 16, 1, 4, 4
+        args.log_every = min(args.log_every, 5.0)
+        args.reserve = 5.0
+
+    sys.path.insert(0, os.path.abspath(args.comfyui))
+    from comfy.cli_args import args as comfy_args
+    comfy_args.cpu = True
+    import torch
+    torch.set_num_threads(args.threads)
+    import comfy.model_management  # noqa: F401  (after args.cpu)
+    import comfy.taesd.taesd
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    import make_tiny_checkpoint as tiny
+
+    clock = Clock(args.minutes)
+    rng = np.random.default_rng(SEED)
+    log(f"budget {args.minutes:g} min, {args.threads} threads, image {IMAGE}x{IMAGE} -> latent {IMAGE // 8}x{IMAGE // 8}")
+
+    tiny_sd = tiny.build_state_dict(torch)                    # the tiny checkpoint's exact tensors
+    conds = encode_prompts(torch, tiny_sd)
+    log(f"prompt {scenes.PROMPT!r} encoded by the tiny checkpoint's CLIP ({clock.elapsed():.0f} s)")
+
+    torch.manual_seed(SEED)
+    vae = comfy.taesd.taesd.TAESD(latent_channels=4)
+    tiny.init_weights(vae, torch)
+    unet = UNetModel(**tiny.UNET_CONFIG)
+    unet.load_state_dict({k[len("model.diffusion_model."):]: v.float() for k, v in tiny_sd.items()
+                          if k.startswith("model.diffusion_model.")})
+    unet.train()
+
+    vae_steps, vae_rec = train_vae(torch, vae, clock, args, rng)
+    vae.requires_grad_(False)
+    vae.eval()
+    pool_seed = SEED * 1_000_000 + 500_000
+    raw = encode_pool(torch, vae.taesd_encoder, args.pool, pool_seed)
+    m, s = raw.mean().item(), raw.std().item()
+    per_channel = [round(v, 3) for v in raw.mean((0, 2, 3)).tolist()]
+    log(f"vae done: {vae_steps} steps, rec loss {vae_rec:.4f}; latents of {args.pool} scenes: mean {m:.3f} std {s:.3f} "
+        f"(channel means {per_channel}) ({clock.elapsed() / 60:.1f} min)")
+
+    unet_steps, unet_loss = train_unet(torch, unet, vae.taesd_encoder, conds, clock, args, rng, (m, s),
+                                       raw, pool_seed + args.pool)
+    info = dict(seed=SEED, image=IMAGE, prompt=scenes.PROMPT, threads=args.threads, minutes=round(clock.elapsed() / 60, 2),
+                vae_steps=vae_steps, vae_batch=args.vae_batch, vae_crop=args.vae_crop, vae_rec_loss=round(vae_rec, 5),
+                unet_steps=unet_steps, batch=args.batch, lr=args.lr, pool=args.pool, refresh=args.refresh,
+                unet_loss=round(unet_loss, 5), latent_mean=round(m, 5), latent_std=round(s, 5), quick=args.quick)
+    size = export(torch, unet, vae, tiny_sd, (m, s), args.out, info)
+    log(f"wrote {args.out} ({size / 1e6:.1f} MB) after {clock.elapsed() / 60:.1f} min: "
+        f"VAE {vae_steps} steps (rec {vae_rec:.4f}), UNet {unet_steps} steps (loss {unet_loss:.4f})")
+    print(json.dumps(info, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
