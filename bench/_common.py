@@ -86,6 +86,12 @@ def row(id: str, what: str, value: float, goal: float, unit: str = "x", seconds:
     return r
 
 
+def dump_rows(path: str, rows: list[dict]):
+    """What a benchmark script hands to scripts/bench (``--json PATH``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f, indent=1)
+
+
 def print_table(rows: list[dict], title: str = ""):
     if title:
         print(title)

@@ -44,6 +44,7 @@ def main():
     p.add_argument("--edit-step", type=int, default=5)
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each variant")
     p.add_argument("--layers", default="latent resolution", help="layer preset of the capture")
+    p.add_argument("--json", default=None, help="also write the rows (bench/_common.py format) to this file")
     a = p.parse_args()
 
     import torch
@@ -112,6 +113,14 @@ def main():
         print(f"(the 'decoder at latent resolution' preset would hold {dec / 1e6:.2f} MB per step)")
     print(f"bytes per captured step {per_step} ({per_step / 1e6:.2f} MB, fp16 q+k, {len(cap.layers)} layers); "
           f"goal <= 12 MB: {'met' if per_step <= 12e6 else 'NOT met'}")
+    if a.json:
+        import _common
+        _common.dump_rows(a.json, [
+            _common.row("P1", "inversion with capture / plain inversion (wall, median)", p1_med, 1.10,
+                        seconds=rows["inversion + capture"][1], note=f"CPU-time ratio {p1_cpu:.3f}x"),
+            _common.row("P1m", f"capture bytes per step ({len(cap.layers)} layers, fp16 q+k)", per_step / 1e6, 12.0,
+                        unit=" MB"),
+        ])
 
 
 if __name__ == "__main__":
