@@ -179,6 +179,7 @@ class DualBranchGuiderImpl(comfy.samplers.CFGGuider):
         self.guide_until = int(round(self.settings.guidance_fraction * n))
         self.kv_until = int(round(self.settings.kv_fraction * n))
         self.energy_log = []
+        self.saved_bytes = 0      # the largest activation memory kept for one guided step's backward pass
         self._geo = None
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
@@ -312,10 +313,18 @@ class DualBranchGuiderImpl(comfy.samplers.CFGGuider):
         if guided:
             call.capture_at = {p: f"f{p}" for p in self.feature_points}
             call.detach_from = self.detach_from
+            saved = {}
+
+            def pack(t):  # what the backward pass keeps (memory diagnostic, deduplicated by storage)
+                saved[(t.data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
+                return t
+
             with torch.inference_mode(False), torch.enable_grad():
                 x_leaf = x.detach().clone().requires_grad_(True)
                 parts[-1] = ("gen_pos", x_leaf, pos)
-                outs = self._run_batch(parts, timestep, model_options, call)
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    outs = self._run_batch(parts, timestep, model_options, call)
+                self.saved_bytes = max(self.saved_bytes, sum(saved.values()))
                 outs = {k: v.detach() for k, v in outs.items()}
                 energy, info = self._energy(call, x.shape[0], x.device)
                 if energy.requires_grad:

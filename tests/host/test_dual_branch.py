@@ -184,3 +184,27 @@ def test_points_for_another_image_size_are_refused(kit):
     pts = DragPoints(128, 128, (((20.0, 30.0), (40.0, 30.0)),))
     with pytest.raises(ValueError, match="input 'points': the points were placed on a 128x128 image"):
         run(kit, points=pts)
+
+
+def test_reference_tasks_run(kit):
+    """paste (local correspondence into the reference branch) and style (global) with a reference INVERSION."""
+    ref_mask = torch.zeros(1, SIZE, SIZE)
+    ref_mask[:, 8:32, 8:32] = 1
+    mod = host_module(harness.load_host())
+    g = guider_impl(kit, "paste", eta=0.1, reference=kit["inv"][0.1], reference_mask=ref_mask, offset_x=16.0,
+                    offset_y=8.0)
+    assert g.geometry.edit_source == "ref" and g.reference is not None
+    with torch.inference_mode():
+        out = mod.run_guider(g, "euler")["samples"]
+    assert out.shape == kit["z_T"]["samples"].shape and torch.isfinite(out).all()
+    assert len(g.energy_log) == 2 and sorted(g.state["ref"]) == list(range(STEPS + 1))
+    style = run(kit, task="style", reference=kit["inv"][0.1], w_edit=2.0, w_share=2.0)
+    assert torch.isfinite(style).all()
+
+
+def test_face_landmarks_from_json(kit):
+    src = [(16 + (i % 17) * 2.0, 16 + (i // 17) * 6.0) for i in range(68)]
+    tgt = [(x + 4.0, y + 2.0) for x, y in src]
+    text = json.dumps({"width": SIZE, "height": SIZE, "source": src, "target": tgt})
+    out = run(kit, task="landmarks", landmarks_json=text, point_radius=8.0)
+    assert out.shape == kit["z_T"]["samples"].shape and torch.isfinite(out).all()
