@@ -184,3 +184,30 @@ def test_model_passed_in_is_never_modified_even_when_cancelled(host, kit, node):
         again = RUNNERS[node](host, kit, model)
     assert torch.equal(again, clean), f"{node}: the run after a cancel differs from the clean run"
     assert not diff(before, snapshot(model))
+
+
+def test_snapshot_sees_every_kind_of_patch(host, kit):
+    """Control: the comparison above would notice each kind of change a node could leave behind."""
+    import comfy.patcher_extension
+    base = kit["model"].clone()
+    before = snapshot(base)
+    changes = {
+        "attn1_patch": lambda m: m.set_model_attn1_patch(lambda q, k, v, extra_options: (q, k, v)),
+        "attn1_replace": lambda m: m.set_model_attn1_replace(lambda q, k, v, extra_options: q, "output", 0, 0),
+        "object_patch": lambda m: m.add_object_patch("diffusion_model.out", torch.nn.Identity()),
+        "weight_patch": lambda m: m.add_patches({next(iter(m.model.state_dict())): (torch.zeros(1),)}, 1.0),
+        "wrapper": lambda m: m.add_wrapper(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, lambda executor, *a, **k: executor(*a, **k)),
+        "callback": lambda m: m.add_callback(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, lambda *a: None),
+        "unet_function_wrapper": lambda m: m.set_model_unet_function_wrapper(lambda f, args: f(args["input"], args["timestep"], **args["c"])),
+    }
+    for name, change in changes.items():
+        m = base.clone()
+        change(m)
+        assert diff(before, snapshot(m)), f"the snapshot misses a {name}"
+    hooked = kit["model"].model.diffusion_model.out
+    h = hooked.register_forward_hook(lambda *a: None)
+    try:
+        assert diff(before, snapshot(kit["model"]))
+    finally:
+        h.remove()
+    assert not diff(before, snapshot(kit["model"]))
