@@ -61,6 +61,7 @@ def main():
     ap.add_argument("--ckpt", default=harness.TINY_CKPT, help="checkpoint in the host's models/checkpoints")
     ap.add_argument("--size", type=int, default=512, help="image side (the sample is scaled to fit)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default=None, help="also write the P2/P3 rows (bench/_common.py format) to this file")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs of each variant first (the model is loaded beforehand anyway)")
     a = ap.parse_args()
 
@@ -127,6 +128,14 @@ def main():
     print(f"\n{'metric':<40}{'value':>8}{'goal':>10}")
     print(f"{'P2 full edit / plain sampling':<40}{p2:>7.3f}x{'<= 1.25x':>10}  {'ok' if p2 <= 1.25 else 'MISSED'}")
     print(f"{'P3 10 pairs / 1 pair':<40}{p3:>7.3f}x{'<= 1.10x':>10}  {'ok' if p3 <= 1.10 else 'MISSED'}")
+    if a.json:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import _common
+        _common.dump_rows(a.json, [
+            _common.row("P2", "AttentionDrag full edit / plain sampling (10 steps)", p2, 1.25, seconds=t_one,
+                        note=f"plain {t_plain:.2f} s"),
+            _common.row("P3", "AttentionDrag edit, 10 pairs / 1 pair", p3, 1.10, seconds=t_ten),
+        ])
 
 
 if __name__ == "__main__":
