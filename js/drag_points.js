@@ -459,6 +459,8 @@ class DragCanvas {
     const info = detail.output.images[0];
     const img = new Image();
     img.onload = () => {
+      // Only results of this image's shape can lie over it (not e.g. a side-by-side comparison).
+      if (!this.iw || Math.abs(img.naturalWidth / img.naturalHeight - this.iw / this.ih) > 0.02) return;
       this.overlay = { img: maskLikeTint(img) ?? img, from, isAutoMask, prompt: detail.prompt_id, url: img.src };
       this.showOverlay = true;
       this.refreshToolbar();
