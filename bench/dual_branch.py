@@ -4,7 +4,8 @@ peak-memory ratio, side by side in one run, in the real ComfyUI host (in-process
     .venv/bin/python bench/dual_branch.py                      # tiny checkpoint, 256 px, 20 steps, drag
     .venv/bin/python bench/dual_branch.py --ckpt v1-5-pruned-emaonly.safetensors --size 512 --steps 50
 
-Rows (best of --repeat runs after a warm-up, interleaved so that load changes hit all rows alike):
+Rows (--repeat repetitions after a warm-up; each repetition runs the rows back to back and the ratios are the
+median of the per-repetition ratios, so that load changes on a shared machine hit both sides alike):
   plain   SamplerCustomAdvanced + CFGGuider (target prompt, source prompt as negative, cfg) from PNI Invert's
           z_T with the same sampler and sigmas -- the baseline
   dual    Dual-Branch Guided Sampler (task --task, energy on the first --fraction of the steps, KV replacement)
@@ -15,6 +16,7 @@ CPU the peak RSS delta while the row runs). The inversion (shared by all rows) i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -104,6 +106,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "dual_branch"))
+    ap.add_argument("--json", default="", help="also write the rows (a JSON list) here, for bench/run_all.py")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,7 +126,10 @@ def main():
             for k, fn in fns.items():
                 t, mem, _ = timed(fn, repeat=1, warmup=False)
                 res[k].append((t, mem))
-    med = {k: min(v, key=lambda x: x[0]) for k, v in res.items()}   # best of: least disturbed by other load
+    # paired ratios: each repetition's rows ran back to back, so a change of machine load hits both alike
+    mid = lambda xs: sorted(xs)[len(xs) // 2]
+    ratio = {k: mid([res[k][j][0] / res["plain"][j][0] for j in range(args.repeat)]) for k in ("dual", "dual0")}
+    med = {k: sorted(v, key=lambda x: x[0])[len(v) // 2] for k, v in res.items()}
     t_plain, m_plain = med["plain"]
     t_dual, m_dual = med["dual"]
     t_dual0, m_dual0 = med["dual0"]
@@ -133,11 +139,11 @@ def main():
     else:  # RSS deltas of a warm process are mostly allocator noise: compare the absolute peaks
         mem_ratio, mem_note = m_dual.peak_bytes / max(m_plain.peak_bytes, 1), "CPU: peak RSS of the process (absolute)"
     rows = [
-        row("P4", f"dual-branch {args.task} / plain CFG ({args.steps} steps, {args.sampler})", t_dual / t_plain, 2.5,
+        row("P4", f"dual-branch {args.task} / plain CFG ({args.steps} steps, {args.sampler})", ratio["dual"], 2.5,
             seconds=t_dual, mem=m_dual),
         row("P4m", "peak memory dual-branch / plain CFG", mem_ratio, 4.0, mem=m_dual,
             note=f"{mem_note}; kept for backward per guided step: {saved_mb:.1f} MB"),
-        row("P4b", "dual-branch without energy (branches + KV only) / plain", t_dual0 / t_plain, 2.5,
+        row("P4b", "dual-branch without energy (branches + KV only) / plain", ratio["dual0"], 2.5,
             seconds=t_dual0, mem=m_dual0),
         row("base", "plain CFG sampling (seconds)", t_plain, float("inf"), unit="s", seconds=t_plain, mem=m_plain),
     ]
@@ -149,6 +155,9 @@ def main():
             "all_seconds": {k: [round(t, 3) for t, _ in v] for k, v in res.items()}}
     j, p = write_results(rows, args.out, meta)
     print(f"\nwrote {j} and {p}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([r for r in rows if r["id"] != "base"], f, indent=1)
 
 
 if __name__ == "__main__":

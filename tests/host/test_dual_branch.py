@@ -95,7 +95,8 @@ def test_drag_energy_acts_and_model_is_unchanged(kit):
     opts = json.dumps(model.model_options, default=str, sort_keys=True)
     wrappers = dict(model.weight_wrapper_patches)
     run_guider = host_module(harness.load_host()).run_guider
-    g = guider_impl(kit, "drag", eta=0.1, points=drag_points(), point_radius=8.0)
+    dense = host_module(harness.load_host()).DualBranchSettings(sparse_guidance=False)
+    g = guider_impl(kit, "drag", eta=0.1, settings=dense, points=drag_points(), point_radius=8.0)
     assert float(g.geometry.m_share.sum()) > 0 and float(g.geometry.m_gen.sum()) > 0
     with torch.inference_mode():
         out = run_guider(g, "euler")["samples"]
@@ -126,7 +127,7 @@ def test_move_through_sampler_custom_advanced_with_another_sampler(kit):
                                sampler=comfy.samplers.sampler_object("dpmpp_2m"), sigmas=kit["sigmas"],
                                latent_image=kit["z_T"]).result[0]["samples"]
     assert out.shape == kit["z_T"]["samples"].shape and torch.isfinite(out).all()
-    assert [i for i, _, _ in g.energy_log] == [0, 1]
+    assert [i for i, _, _ in g.energy_log] == [0]            # sparse schedule: steps 0 (dense third), 1 skipped
     with pytest.raises(ValueError, match="Dual-Branch Guider: input 'noise': .*DisableNoise"):
         with torch.inference_mode():
             harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_RandomNoise(1), guider=g,
@@ -197,7 +198,7 @@ def test_reference_tasks_run(kit):
     with torch.inference_mode():
         out = mod.run_guider(g, "euler")["samples"]
     assert out.shape == kit["z_T"]["samples"].shape and torch.isfinite(out).all()
-    assert len(g.energy_log) == 2 and sorted(g.state["ref"]) == list(range(STEPS + 1))
+    assert len(g.energy_log) == 1 and sorted(g.state["ref"]) == list(range(STEPS + 1))
     style = run(kit, task="style", reference=kit["inv"][0.1], w_edit=2.0, w_share=2.0)
     assert torch.isfinite(style).all()
 
