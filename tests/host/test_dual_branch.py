@@ -231,3 +231,38 @@ def test_image_prompt_tokens_reach_the_generation_branch(kit):
     assert torch.isfinite(with_ip).all() and (with_ip - without).abs().max() > 1e-4
     with pytest.raises(ValueError, match="input 'reference_image_prompt': give the source image's image_prompt too"):
         run(kit, reference_image_prompt=make(2), **common)
+
+
+def test_kv_replace_patch_against_naive_attention(host):
+    """Generation rows read the guidance rows' K, V (replace) or their own plus those (concat); other rows
+    are plain self-attention; kv_mask restricts the guidance tokens."""
+    import sys
+    pack = host_module(host).__name__.rsplit(".nodes.", 1)[0]
+    kvr = sys.modules[pack + ".attention_patch.kv_replace"]
+    torch.manual_seed(0)
+    heads, d, n = 2, 4, 16                                     # 4x4 latent grid, 16 tokens
+    q, k, v = (torch.randn(3, n, heads * d) for _ in range(3))  # rows: gud, gen_neg, gen_pos
+
+    def naive(q1, k1, v1):
+        qh, kh, vh = (t.view(t.shape[0], -1, heads, d).transpose(1, 2) for t in (q1, k1, v1))
+        a = torch.softmax(qh @ kh.transpose(-1, -2) / d ** 0.5, dim=-1)
+        return (a @ vh).transpose(1, 2).reshape(q1.shape[0], -1, heads * d)
+
+    opts = {"n_heads": heads, "dim_head": d}
+    patch = kvr.KVReplacePatch()
+    call = kvr.BranchCall(branches=("gud", "gen_neg", "gen_pos"), latent_hw=(4, 4), kv=True)
+    out = patch(q, k, v, {**opts, kvr.CALL_KEY: call})
+    assert torch.allclose(out[0], naive(q[:1], k[:1], v[:1])[0], atol=1e-5)
+    for r in (1, 2):
+        assert torch.allclose(out[r], naive(q[r:r + 1], k[:1], v[:1])[0], atol=1e-5)
+    call.kv_mode = "concat"
+    out = patch(q, k, v, {**opts, kvr.CALL_KEY: call})
+    assert torch.allclose(out[2], naive(q[2:], torch.cat([k[2:], k[:1]], 1), torch.cat([v[2:], v[:1]], 1))[0], atol=1e-5)
+    call.kv_mode, call.kv_mask = "replace", torch.zeros(4, 4)
+    call.kv_mask[:, :2] = 1                                   # only the left half of the guidance tokens
+    sel = call.kv_mask.flatten().bool()
+    out = patch(q, k, v, {**opts, kvr.CALL_KEY: call})
+    assert torch.allclose(out[2], naive(q[2:], k[:1, sel], v[:1, sel])[0], atol=1e-5)
+    call.kv = False
+    assert torch.allclose(patch(q, k, v, {**opts, kvr.CALL_KEY: call}), naive(q, k, v), atol=1e-5)
+    assert torch.allclose(patch(q, k, v, opts), naive(q, k, v), atol=1e-5)   # outside a dual-branch call
