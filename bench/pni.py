@@ -139,6 +139,7 @@ def main():
     ap.add_argument("--nti-steps", type=int, default=2, help="steps of NTI actually optimised (then extrapolated)")
     ap.add_argument("--nti-iters", type=int, default=10, help="Adam iterations per step (NTI's default: 10)")
     ap.add_argument("--no-nti", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the rows (bench/_common.py format) to this file")
     args = ap.parse_args()
     model, latent, src, empty = load(args)
     import comfy.model_management
@@ -175,6 +176,15 @@ def main():
         print(f"NTI: {per_step:.2f} s wall / {per_step_cpu:.2f} s CPU per optimised step "
               f"({per_step / args.nti_iters:.3f} s wall per iteration); NTI / PNI: wall {rows[2][1] / wall['PNI']:.1f}x, "
               f"CPU {rows[2][2] / cpu['PNI']:.1f}x")
+    if args.json:
+        import _common
+        out = [_common.row("PNI", f"PNI invert + reconstruct / DDIM invert + sample ({args.steps} steps, wall)",
+                           wall["PNI"] / wall["DDIM"], 1.2, seconds=wall["PNI"],
+                           note=f"CPU-time ratio {cpu['PNI'] / cpu['DDIM']:.3f}x; recon RMS PNI {err['PNI']:.4f} vs DDIM {err['DDIM']:.4f}")]
+        if not args.no_nti:
+            out.append(_common.row("NTI", "null-text inversion anchor / PNI (must be far above 1)", rows[2][1] / wall["PNI"],
+                                   float("inf"), seconds=rows[2][1], note="extrapolated from the optimised steps"))
+        _common.dump_rows(args.json, out)
 
 
 if __name__ == "__main__":
