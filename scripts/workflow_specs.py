@@ -124,7 +124,7 @@ SPECS["drag_points_canvas.json"] = (DRAG_POINTS_CANVAS, [
 # PNI (issue 6): invert a real photo with its own prompt, edit it with a target prompt through the PNI Guider.
 PNI_EDIT = [
     {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100],
-     "widgets": {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"}},
+     "widgets": {"ckpt_name": "dragfusion_tiny_sd15.safetensors"}},
     {"id": 2, "type": "DragFusionLoadDragBenchSample", "pos": [50, 300],
      "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
     {"id": 3, "type": "VAEEncode", "pos": [450, 300], "links": {"pixels": [2, 0], "vae": [1, 2]}},
@@ -155,7 +155,7 @@ SPECS["pni_edit.json"] = (PNI_EDIT, [
 def _dual_branch(task: str, widgets: dict, links: dict, prefix: str, side_by_side: bool = True) -> list:
     spec = [
         {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100],
-         "widgets": {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"}},
+         "widgets": {"ckpt_name": "dragfusion_tiny_sd15.safetensors"}},
         {"id": 2, "type": "DragFusionLoadDragBenchSample", "pos": [50, 300],
          "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
         {"id": 3, "type": "VAEEncode", "pos": [450, 300], "links": {"pixels": [2, 0], "vae": [1, 2]}},
