@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,7 +51,20 @@ def load_host():
     args.cpu = True
     import comfy.model_management  # noqa: F401  (after args.cpu)
     import nodes
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    # In a thread of its own: the browser tests' playwright keeps an event loop running in this one.
+    failure = []
+
+    def init():
+        try:
+            asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        except BaseException as e:  # re-raised below, in the caller's thread
+            failure.append(e)
+
+    t = threading.Thread(target=init)
+    t.start()
+    t.join()
+    if failure:
+        raise failure[0]
     _HOST["nodes"] = nodes
     return nodes
 
