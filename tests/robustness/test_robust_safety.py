@@ -17,15 +17,14 @@ WHERE = "Image Prompt Encoder: input 'weights'"
 SOURCE_DIRS = ("nodes", "guidance", "attention_patch", "scripts")
 
 
-def test_the_marker_pickle_really_runs_code(robust_files, tmp_path):
-    """Control: loading the file with a full unpickler does create the marker (then it is removed)."""
-    path = os.path.join(rf.IP_DIR, rf.PICKLE_CKPT)
-    try:
-        torch.load(path, weights_only=False)
-        assert os.path.exists(rf.MARKER)
-    finally:
-        if os.path.exists(rf.MARKER):
-            os.remove(rf.MARKER)
+def test_the_marker_pickle_really_runs_code(tmp_path):
+    """Control: the payload the weights folder holds runs code under a full unpickler."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "same_payload.ckpt"
+    torch.save({"image_proj.latents": torch.zeros(1, 4, 8), "payload": rf.RunsCode(str(marker))}, str(path))
+    assert not marker.exists()
+    torch.load(str(path), weights_only=False)
+    assert marker.exists()
 
 
 def test_server_lists_no_pickle_and_refuses_it(server, object_info, robust_files):
