@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import robust_models  # noqa: E402
-from robust_files import (PREFIX, CKPT_DIR, CLIP_VISION_DIR, CLIP_VISION_NAME, CORRUPT, EMPTY_FILE, GOOD_IP, IMAGE_64, INPUT_DIR, IP_DIR, MARKER, MASK_40,  # noqa: E402
+from robust_files import (TAG, CKPT_DIR, CLIP_VISION_DIR, CLIP_VISION_NAME, CORRUPT, EMPTY_FILE, GOOD_IP, IMAGE_64, INPUT_DIR, IP_DIR, MARKER, MASK_40,  # noqa: E402
                           MASK_EMPTY, PICKLE_AS_ST, PICKLE_CKPT, WRONG_KEYS, write_good_image_prompt, write_pickle)
 
 
@@ -42,7 +42,7 @@ def robust_files():
     yield made
     for sub in ("output", "temp"):   # what the suite's SaveImage / SaveLatent / PreviewImage wrote
         for root, _, files in os.walk(os.path.join(harness.COMFYUI_DIR, sub)):
-            made += [os.path.join(root, f) for f in files if f.startswith(PREFIX)]
+            made += [os.path.join(root, f) for f in files if f.startswith(TAG)]
     for p in made + [MARKER]:
         try:
             os.remove(p)

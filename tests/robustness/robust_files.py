@@ -4,26 +4,27 @@ import os
 import harness  # noqa: E402
 
 PREFIX = "dragfusion_test_"
+TAG = f"{PREFIX}{os.getpid()}_"   # per session: two sessions sharing the host never touch each other's files
 HOST = harness.COMFYUI_DIR
 CKPT_DIR = os.path.join(HOST, "models", "checkpoints")
 IP_DIR = os.path.join(HOST, "models", "dragfusion_image_prompt")
 INPUT_DIR = os.path.join(HOST, "input")
 MARKER = os.path.join("/tmp", f"{PREFIX}pickle_ran_{os.getpid()}")
 
-IMAGE_64 = PREFIX + "image64.png"
-MASK_40 = PREFIX + "mask40.png"
-MASK_EMPTY = PREFIX + "mask_empty.png"
-PICKLE_CKPT = PREFIX + "pickle.ckpt"
-PICKLE_AS_ST = PREFIX + "pickle_renamed.safetensors"
-CORRUPT = PREFIX + "corrupt.safetensors"
-WRONG_KEYS = PREFIX + "wrong_keys.safetensors"
-EMPTY_FILE = PREFIX + "empty.safetensors"
-GOOD_IP = PREFIX + "image_prompt.safetensors"
+IMAGE_64 = TAG + "image64.png"
+MASK_40 = TAG + "mask40.png"
+MASK_EMPTY = TAG + "mask_empty.png"
+PICKLE_CKPT = TAG + "pickle.ckpt"
+PICKLE_AS_ST = TAG + "pickle_renamed.safetensors"
+CORRUPT = TAG + "corrupt.safetensors"
+WRONG_KEYS = TAG + "wrong_keys.safetensors"
+EMPTY_FILE = TAG + "empty.safetensors"
+GOOD_IP = TAG + "image_prompt.safetensors"
 CLIP_DIM = 32
 CLIP_VISION_DIR = os.path.join(HOST, "models", "clip_vision")
 # Listed by CLIPVisionLoader so graphs with an Image Prompt Encoder pass the host's own validation; the
 # suite only sends such graphs where our node's inputs are refused first (nothing ever loads it).
-CLIP_VISION_NAME = PREFIX + "clip_vision_placeholder.safetensors"
+CLIP_VISION_NAME = TAG + "clip_vision_placeholder.safetensors"
 
 
 class RunsCode:

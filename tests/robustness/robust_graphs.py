@@ -9,6 +9,7 @@ import urllib.parse
 import urllib.request
 
 import harness
+from robust_files import TAG
 
 SAMPLE = "dragfusion_data/dragbench-dev/animals/JH_2023-09-14-1820-16"
 SIZE = 64
@@ -20,7 +21,7 @@ def sample_path(variant: int = 0) -> str:
     return "./" * variant + SAMPLE
 
 
-def edit_graph(variant: int = 0, steps: int = 4, edit_step: int = 2, points=None, prefix: str = "dragfusion_test_robust",
+def edit_graph(variant: int = 0, steps: int = 4, edit_step: int = 2, points=None, prefix: str = TAG + "robust",
                save_latent: bool = False) -> dict:
     """LoadDragBenchSample -> 64x64 -> points JSON -> Invert+Capture -> AutoMask(union with a square)
     -> SemanticMove -> Interpolate -> KV consistency -> KSamplerAdvanced -> VAEDecode -> SaveImage."""

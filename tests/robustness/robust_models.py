@@ -5,8 +5,8 @@ import os
 
 import harness
 
-SD2_NAME = "dragfusion_test_tiny_sd2.safetensors"
-SDXL_NAME = "dragfusion_test_tiny_sdxl.safetensors"
+SD2_NAME = f"dragfusion_test_{os.getpid()}_tiny_sd2.safetensors"
+SDXL_NAME = f"dragfusion_test_{os.getpid()}_tiny_sdxl.safetensors"
 
 BASE = dict(image_size=32, in_channels=4, model_channels=320, out_channels=4, use_spatial_transformer=True,
             legacy=False)

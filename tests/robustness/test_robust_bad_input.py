@@ -115,7 +115,7 @@ def image_prompt(weights, gamma=1.0):
                                                                           "gamma": gamma, "block_weights": ""}},
             "66": {"class_type": "ModelMergeSimple", "inputs": {"model1": ["65", 0], "model2": ["64", 0], "ratio": 0.5}},
             "67": {"class_type": "CheckpointSave", "inputs": {"model": ["66", 0], "clip": ["64", 1], "vae": ["64", 2],
-                                                              "filename_prefix": "dragfusion_test_never"}}}
+                                                              "filename_prefix": rc.TAG + "never"}}}
 
 
 HUGE_INT = "1" + "0" * 400
@@ -238,7 +238,7 @@ def good_prompt():
     i = next(_fresh)
     p = json.loads(json.dumps(G))
     p["pairs"][0]["target"] = [40 + (i % 97) / 100.0, 28]
-    return rg.edit_graph(variant=0, steps=2, edit_step=1, points=p, prefix="dragfusion_test_good")
+    return rg.edit_graph(variant=0, steps=2, edit_step=1, points=p, prefix=rc.TAG + "good")
 
 
 # Cases refused before any model work (parsers, file names): the good prompt after them is the cheap

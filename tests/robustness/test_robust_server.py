@@ -7,6 +7,7 @@ import psutil
 import pytest
 
 import harness
+import robust_files as rf
 import robust_graphs as rg
 
 
@@ -41,9 +42,9 @@ def wait_running(server, prompt_id, timeout=120):
 
 def test_cancel_mid_edit_then_identical_run_is_bit_identical(server, data_dir):
     clean = ok(server.run(rg.edit_graph(variant=11, steps=4, edit_step=1, save_latent=True,
-                                        prefix="dragfusion_test_cancel"), timeout=300))
+                                        prefix=rf.TAG + "cancel"), timeout=300))
     # A long edit (1000-step schedule, the inversion makes 1000 UNet calls), cancelled while it runs.
-    long_g = rg.edit_graph(variant=12, steps=1000, edit_step=0, prefix="dragfusion_test_cancel_long")
+    long_g = rg.edit_graph(variant=12, steps=1000, edit_step=0, prefix=rf.TAG + "cancel_long")
     long_g["9"]["inputs"]["capture_steps"] = "0"
     long_g["17"]["inputs"]["start_at_step"] = 999
     r = server.queue(long_g)
@@ -58,7 +59,7 @@ def test_cancel_mid_edit_then_identical_run_is_bit_identical(server, data_dir):
     assert server.get("/system_stats")
     # The same edit as the clean one, spelled so the cache cannot answer: every pack node runs again.
     again = ok(server.run(rg.edit_graph(variant=13, steps=4, edit_step=1, save_latent=True,
-                                        prefix="dragfusion_test_cancel"), timeout=300))
+                                        prefix=rf.TAG + "cancel"), timeout=300))
     assert not ({"9", "13", "14", "15", "16", "17"} & cached(again)), "the rerun was answered from the cache"
     (a,), (b,) = latents(server, clean), latents(server, again)
     assert a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all()), "latent differs after a cancel"
@@ -68,7 +69,7 @@ def test_cancel_mid_edit_then_identical_run_is_bit_identical(server, data_dir):
 
 def test_same_workflow_and_seed_twice_gives_identical_output(server, data_dir):
     def run(variant, seed):
-        g = rg.edit_graph(variant=variant, steps=2, edit_step=1, save_latent=True, prefix="dragfusion_test_det")
+        g = rg.edit_graph(variant=variant, steps=2, edit_step=1, save_latent=True, prefix=rf.TAG + "det")
         g["15"]["inputs"].update(fill="noise", seed=seed)      # the seeded fill: randomness that must repeat
         return ok(server.run(g, timeout=300))
     h1, h2, h3 = run(21, 1234), run(22, 1234), run(23, 999)
@@ -88,7 +89,7 @@ def test_fifty_queued_edits_no_failure_and_flat_memory(server, data_dir):
     for i in range(50):
         p = json.loads(json.dumps(rg.GOOD_POINTS))
         p["pairs"][0]["target"] = [36 + i * 0.1, 30]          # every edit runs from the points on
-        g = rg.edit_graph(variant=31, steps=2, edit_step=1, points=p, prefix="dragfusion_test_load")
+        g = rg.edit_graph(variant=31, steps=2, edit_step=1, points=p, prefix=rf.TAG + "load")
         r = server.queue(g)
         assert "prompt_id" in r, r
         ids.append(r["prompt_id"])
