@@ -26,7 +26,8 @@ def test_example_workflow_runs_from_the_page(chromium, name):
 
 
 def cheap(workflow: dict) -> dict:
-    """The same graph on the tiny checkpoint, DragBench samples at 128 px: CI time on two CPU cores."""
+    """The same graph on the tiny checkpoint, DragBench samples at 128 px, PNI schedules of at most 6
+    steps: CI time on two CPU cores."""
     for node in workflow["nodes"]:
         values = node.get("widgets_values")
         if not values:
@@ -35,6 +36,8 @@ def cheap(workflow: dict) -> dict:
             values[0] = harness.TINY_CKPT
         if node["type"] == "DragFusionLoadDragBenchSample" and len(values) > 1:
             values[1] = "fit 128 (multiple of 8)"
+        if node["type"] == "DragFusionPNIInvert" and isinstance(values[0], int):
+            values[0] = min(values[0], 6)  # steps: the PNI / dual-branch schedules
     return workflow
 
 

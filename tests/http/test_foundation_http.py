@@ -3,6 +3,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import sys
 import urllib.request
 
@@ -15,6 +16,7 @@ import workflows  # noqa: E402
 
 WORKFLOWS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(workflows.WORKFLOW_DIR, "*.json")))
 SAMPLE = "dragfusion_data/dragbench-dev/animals/JH_2023-09-14-1820-16"
+CHEAP_PNI_STEPS = 6  # PNI / dual-branch schedules in the run-every-workflow tests
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +48,18 @@ def test_web_directory_served(server):
 
 
 def _upload_missing_images(server, prompt):
-    """A workflow that names an input image which is not there gets a real DragBench photo under that name."""
-    src = os.path.join(harness.DATA, "dragbench-dev/animals/JH_2023-09-14-1820-16/original_image.png")
+    """A workflow that names an input image or mask which is not there gets a real DragBench photo
+    (or its mask) under that name."""
+    sample = os.path.join(harness.DATA, "dragbench-dev/animals/JH_2023-09-14-1820-16")
     input_dir = os.path.join(harness.COMFYUI_DIR, "input")
     for node in prompt.values():
-        name = node["inputs"].get("image")
-        if isinstance(name, str) and name and not os.path.exists(os.path.join(input_dir, name)):
-            import shutil
-            os.makedirs(os.path.dirname(os.path.join(input_dir, name)) or input_dir, exist_ok=True)
-            shutil.copy(src, os.path.join(input_dir, name))
+        for key, src in (("image", "original_image.png"), ("mask", "mask.png")):
+            name = node["inputs"].get(key)
+            if isinstance(name, str) and name.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
+                dst = os.path.join(input_dir, name)
+                if not os.path.exists(dst):
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    shutil.copy(os.path.join(sample, src), dst)
 
 
 def cheap(prompt: dict) -> dict:
@@ -66,6 +71,8 @@ def cheap(prompt: dict) -> dict:
             ins["ckpt_name"] = harness.TINY_CKPT
         if node["class_type"] == "DragFusionLoadDragBenchSample":
             ins["size"] = "fit 128 (multiple of 8)"
+        if node["class_type"] == "DragFusionPNIInvert" and isinstance(ins.get("steps"), int):
+            ins["steps"] = min(ins["steps"], CHEAP_PNI_STEPS)
         if node["class_type"] == "ImageScale" or node["class_type"] == "EmptyLatentImage":
             for k in ("width", "height"):
                 if isinstance(ins.get(k), int):
