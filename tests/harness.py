@@ -174,6 +174,23 @@ class Server:
         return self.wait(r["prompt_id"], timeout)
 
 
+def cheap_prompt(prompt: dict, pni_steps: int = 6) -> dict:
+    """An API-format example prompt made cheap for CI: the tiny checkpoint, DragBench samples at
+    128 px, PNI / dual-branch schedules of at most ``pni_steps`` steps (PNI's guidance_until capped
+    with it). Changes ``prompt`` in place and returns it."""
+    for node in prompt.values():
+        ins = node["inputs"]
+        if "ckpt_name" in ins and not isinstance(ins["ckpt_name"], list):
+            ins["ckpt_name"] = TINY_CKPT
+        if node["class_type"] == "DragFusionLoadDragBenchSample":
+            ins["size"] = "fit 128 (multiple of 8)"
+        if node["class_type"] == "DragFusionPNIInvert" and isinstance(ins.get("steps"), int):
+            ins["steps"] = min(ins["steps"], pni_steps)
+            if isinstance(ins.get("guidance_until"), int):
+                ins["guidance_until"] = min(ins["guidance_until"], ins["steps"])
+    return prompt
+
+
 def execution_error(history: dict) -> dict | None:
     for kind, msg in history.get("status", {}).get("messages", []):
         if kind == "execution_error":

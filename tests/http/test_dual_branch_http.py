@@ -23,15 +23,9 @@ def object_info(server):
 def cheap_prompt(object_info, name: str) -> dict:
     """The example as the frontend would queue it, made cheap: tiny checkpoint, 128 px, 3 steps, and a fresh
     energy scale so the host does not answer from its cache."""
-    prompt = workflows.ui_to_api(workflows.load(name), object_info)
+    prompt = harness.cheap_prompt(workflows.ui_to_api(workflows.load(name), object_info), STEPS)
     for node in prompt.values():
         ins = node["inputs"]
-        if node["class_type"] == "CheckpointLoaderSimple":
-            ins["ckpt_name"] = harness.TINY_CKPT
-        if node["class_type"] == "DragFusionLoadDragBenchSample":
-            ins["size"] = "fit 128 (multiple of 8)"
-        if node["class_type"] == "DragFusionPNIInvert":
-            ins.update(steps=STEPS, guidance_until=STEPS)
         if node["class_type"] == "DragFusionDualBranchGuidedSampler":
             ins["energy_scale"] = round(random.uniform(20.0, 60.0), 3)
     return prompt

@@ -63,17 +63,11 @@ def _upload_missing_images(server, prompt):
 
 
 def cheap(prompt: dict) -> dict:
-    """The same graph on the tiny checkpoint at a small size, with a fresh seed so the host re-runs it."""
+    """The same graph made cheap (harness.cheap_prompt), with a fresh seed so the host re-runs it."""
     seed = random.randrange(1 << 30)
-    for node in prompt.values():
+    for node in harness.cheap_prompt(prompt, CHEAP_PNI_STEPS).values():
         ins = node["inputs"]
-        if "ckpt_name" in ins:
-            ins["ckpt_name"] = harness.TINY_CKPT
-        if node["class_type"] == "DragFusionLoadDragBenchSample":
-            ins["size"] = "fit 128 (multiple of 8)"
-        if node["class_type"] == "DragFusionPNIInvert" and isinstance(ins.get("steps"), int):
-            ins["steps"] = min(ins["steps"], CHEAP_PNI_STEPS)
-        if node["class_type"] == "ImageScale" or node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("ImageScale", "EmptyLatentImage"):
             for k in ("width", "height"):
                 if isinstance(ins.get(k), int):
                     ins[k] = min(ins[k], 128)

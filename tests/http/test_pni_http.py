@@ -22,15 +22,10 @@ def object_info(server):
 def pni_prompt(object_info, steps=STEPS, guidance_until=STEPS) -> dict:
     """pni_edit.json as the frontend would queue it, made cheap: tiny checkpoint, 128 px, few steps, and a fresh
     eta so the host does not answer from its cache."""
-    prompt = workflows.ui_to_api(workflows.load("pni_edit.json"), object_info)
+    prompt = harness.cheap_prompt(workflows.ui_to_api(workflows.load("pni_edit.json"), object_info), steps)
     for node in prompt.values():
-        ins = node["inputs"]
-        if node["class_type"] == "CheckpointLoaderSimple":
-            ins["ckpt_name"] = harness.TINY_CKPT
-        if node["class_type"] == "DragFusionLoadDragBenchSample":
-            ins["size"] = "fit 128 (multiple of 8)"
         if node["class_type"] == "DragFusionPNIInvert":
-            ins.update(steps=steps, guidance_until=guidance_until, eta=round(random.uniform(0.05, 0.5), 4))
+            node["inputs"].update(steps=steps, guidance_until=guidance_until, eta=round(random.uniform(0.05, 0.5), 4))
     return prompt
 
 
