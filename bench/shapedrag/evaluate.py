@@ -52,6 +52,8 @@ METHODS = {
     "ad-user": "AttentionDrag w/o AutoMask",
     "ad-nearest": "AttentionDrag w/o semantic interpolation",
     "ad-user-nearest": "AttentionDrag w/o both",
+    "ad-nokv": "AttentionDrag w/o KV consistency",
+    "ad-user-nokv": "AttentionDrag w/o AutoMask, w/o KV",
 }
 
 
@@ -131,7 +133,7 @@ class Evaluator:
                 img = self.regenerate(self.model, copy_paste(z, points, mask), pos, neg)
             elif m.startswith("ad"):
                 automask = "-user" not in m
-                fill = "nearest" if m.endswith("nearest") else "attention"
+                fill = "nearest" if "nearest" in m else "attention"
                 if automask:
                     edit_mask = run("DragFusionAutoMask", capture=cap, points=points, tau=self.tau,
                                     reference=self.reference, mask=mask, mask_mode="union").result[0]
@@ -140,7 +142,7 @@ class Evaluator:
                 z2, blank = run("DragFusionSemanticMove", capture=cap, latent=z, points=points, mask=edit_mask).result
                 z2 = run("DragFusionAttentionInterpolate", capture=cap, latent=z2, mask=blank, fill=fill,
                          mode="drag", seed=0).result[0]
-                model = run("DragFusionKVConsistency", model=self.model, capture=cap, enabled=True,
+                model = run("DragFusionKVConsistency", model=self.model, capture=cap, enabled="-nokv" not in m,
                             strength=1.0).result[0]
                 img = self.regenerate(model, z2, pos, neg)
             else:

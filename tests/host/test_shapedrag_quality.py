@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 from shapedrag import dataset, evaluate, scenes, score  # noqa: E402
 
-N_SAMPLES = 4
+N_SAMPLES = 6
 METHODS = ("none", "copy", "ad")
 
 needs_weights = pytest.mark.skipif(
