@@ -1,6 +1,6 @@
 """ShapeDrag evaluation: MD and background fidelity of drag edits on the trained ShapeDrag model.
 
-    scripts/evaluate --shapedrag [--n 12] [--seed 0] [--methods none,copy,ad,ad-user,ad-nearest,ad-user-nearest]
+    scripts/evaluate --shapedrag [--n 12] [--seed 0] [--methods none,copy,ad,ad-user,ad-nearest,ad-user-nearest,ad-nokv,ad-user-nokv]
 
 Everything runs in this process through the real ComfyUI host and the pack's own nodes
 (tests/harness.py load_host / run_node): the samples are written in DragBench format into the
@@ -18,6 +18,7 @@ ComfyUI's KSamplerAdvanced from the edit step (euler = the DDIM step, add_noise 
   ad-user         AttentionDrag without AutoMask (the user mask)          -- paper: w/o AMG
   ad-nearest      AttentionDrag with nearest fill instead of attention    -- paper: w/o SBI
   ad-user-nearest without both                                            -- paper: baseline
+  ad-nokv, ad-user-nokv   ad / ad-user without KV consistency in the regeneration
 
 Scoring: bench/shapedrag/score.py (MD from the dragged object's colour segmentation; PSNR/SSIM
 outside the edited region). Writes every result PNG and results.json under --out.
