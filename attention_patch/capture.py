@@ -1,10 +1,13 @@
-"""Self-attention capture: an attn1 replace that records q, k (and optionally v).
+"""Self-attention capture: an attn1 patch that records what q, k (and optionally v) are made of.
 
-Installed only on a ``model.clone()``. The layer's output is computed by ComfyUI's own
-``optimized_attention`` with the same arguments the unpatched ``CrossAttention.forward`` passes,
-so the patched model's output equals the unpatched one. Only the conditional half of the batch is
-recorded (``extra_options["cond_or_uncond"]``), as ``[B, heads, tokens, dim]`` fp16 on ComfyUI's
-intermediate device; no tokens x tokens map is ever built here.
+Installed only on a ``model.clone()``. The patch sees the self-attention's input before the
+projections and hands it on unchanged, so the layer itself (ComfyUI's ``CrossAttention`` with its
+own attention backend) runs exactly as unpatched and the patched model's output equals the
+unpatched one. Only the conditional half of the batch is recorded
+(``extra_options["cond_or_uncond"]``): the layer input ``[B, tokens, C]`` fp16 on ComfyUI's
+intermediate device, plus the layer's effective projection weights once, from which
+``q`` / ``k`` / ``v`` ``[B, heads, tokens, dim]`` are projected on demand
+(:mod:`guidance.projection_bank`). No tokens x tokens map is ever built here.
 
 Recording happens only while a step is set (``set_step``); the sampler driving the inversion sets
 it before each UNet call. All state is reset by an OUTER_SAMPLE wrapper at the start of every
@@ -14,11 +17,12 @@ from __future__ import annotations
 
 import torch
 
-import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.patcher_extension
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+
+from ..guidance.projection_bank import ProjectionBank, effective_projection
 
 WRAPPER_KEY = "dragfusion_attn_capture"
 
@@ -67,22 +71,59 @@ def grid_at_level(latent_hw: tuple, level: int) -> tuple:
     return int(h), int(w)
 
 
+def attn1_module(diffusion_model, key: str):
+    """The ``attn1`` of layer ``key`` ("block.number.index") of a UNetModel."""
+    block, number, index = parse_layer_key(key)
+    if block == "input":
+        container = diffusion_model.input_blocks[number]
+    elif block == "output":
+        container = diffusion_model.output_blocks[number]
+    else:
+        container = diffusion_model.middle_block
+    for layer in container:
+        if isinstance(layer, SpatialTransformer):
+            return layer.transformer_blocks[index].attn1
+    raise KeyError(f"no self-attention at {key}")
+
+
 class SelfAttentionCapture:
-    """A stateful attn1 replace patch (one object for all chosen layers)."""
+    """A stateful attn1 patch (one object for all chosen layers).
+
+    It sees the self-attention's input ``n`` before the q/k/v projections and returns it
+    unchanged, so the layer runs exactly as unpatched (ComfyUI's own ``CrossAttention`` and
+    attention backend). It records ``n`` (fp16) per step and, once per layer and sampling call,
+    the effective to_q / to_k / to_v weights (read off the live modules, so LoRA patches and
+    weight casts are included). ``q`` / ``k`` / ``v`` are :class:`ProjectionBank` views that
+    project on demand: the same numbers as recording q and k, in half the bytes.
+    """
 
     def __init__(self, layers, with_v: bool = False, store_device=None):
         self.layers = tuple(layers)
         self.with_v = bool(with_v)
         self.store_device = store_device if store_device is not None else comfy.model_management.intermediate_device()
+        self.modules = {}
         self.reset()
 
     # -------------------------------------------------------------------------------- state
     def reset(self):
         self.step = None
-        self.q, self.k, self.v = {}, {}, {}
+        self.inputs = {"q": {}, "k": {}, "v": {}}
+        self.projections = {"q": {}, "k": {}, "v": {}}
         self.layer_hw = {}
         self.step_sigmas = {}
         self.calls = 0
+
+    @property
+    def q(self):
+        return ProjectionBank(self.inputs["q"], self.projections["q"])
+
+    @property
+    def k(self):
+        return ProjectionBank(self.inputs["k"], self.projections["k"])
+
+    @property
+    def v(self):
+        return ProjectionBank(self.inputs["v"], self.projections["v"])
 
     def set_step(self, step, sigma=None):
         """Record the following UNet calls as inversion step ``step`` (None: stop recording)."""
@@ -103,10 +144,13 @@ class SelfAttentionCapture:
 
     # ------------------------------------------------------------------------------ install
     def install(self, model_patcher):
-        """Patch ``model_patcher`` (a clone) in place: attn1 replace on each layer + reset wrapper."""
-        for key in self.layers:
-            block, number, index = parse_layer_key(key)
-            model_patcher.set_model_attn1_replace(self, block, number, index)
+        """Patch ``model_patcher`` (a clone) in place: one attn1 patch for the chosen layers + reset wrapper."""
+        unet = model_patcher.model.diffusion_model
+        self.modules = {key: attn1_module(unet, key) for key in self.layers}
+        patches = model_patcher.model_options["transformer_options"].get("patches", {})
+        if "attn1_patch" in patches:  # a re-install replaces an earlier capture instead of stacking it
+            patches["attn1_patch"] = [p for p in patches["attn1_patch"] if not isinstance(p, SelfAttentionCapture)]
+        model_patcher.set_model_attn1_patch(self)
         model_patcher.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
         model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, self.outer_sample_wrapper)
         return model_patcher
@@ -116,39 +160,47 @@ class SelfAttentionCapture:
         return executor(*args, **kwargs)
 
     # -------------------------------------------------------------------------------- patch
-    def __call__(self, q, k, v, extra_options):
-        heads = extra_options["n_heads"]
-        out = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
-                                                  transformer_options=extra_options)
-        self.calls += 1
-        if self.step is not None:
-            self._record(q, k, v, extra_options)
-        return out
+    def __call__(self, n, context, value, extra_options):
+        block = extra_options.get("block")
+        if block is not None:
+            key = layer_key(block[0], block[1], extra_options.get("block_index", 0))
+            if key in self.modules:
+                self.calls += 1
+                if self.step is not None:
+                    self._record(key, n, context, value, extra_options)
+        return n, context, value
 
-    def _record(self, q, k, v, extra_options):
+    def _record(self, key, n, context, value, extra_options):
         cond_or_uncond = list(extra_options.get("cond_or_uncond", [0]))
         if 0 not in cond_or_uncond:
             return
         chunks = len(cond_or_uncond)
-        if q.shape[0] % chunks:
+        if n.shape[0] % chunks:
             return
-        b = q.shape[0] // chunks
+        b = n.shape[0] // chunks
         i = cond_or_uncond.index(0)
-        heads, dim = extra_options["n_heads"], extra_options["dim_head"]
-        block = extra_options.get("block")
-        if block is None:
-            return
-        key = layer_key(block[0], block[1], extra_options.get("block_index", 0))
-        tokens = q.shape[1]
+        tokens = n.shape[1]
         shape = extra_options.get("activations_shape")
         if shape is not None and len(shape) == 4 and shape[2] * shape[3] == tokens:
             self.layer_hw[key] = (int(shape[2]), int(shape[3]))
+        if key not in self.projections["q"]:
+            self._read_weights(key, n, context, extra_options["n_heads"])
 
         def keep(t):
-            t = t[i * b:(i + 1) * b].reshape(b, tokens, heads, dim).permute(0, 2, 1, 3)
-            return t.to(device=self.store_device, dtype=torch.float16, memory_format=torch.contiguous_format, copy=True)
+            return t[i * b:(i + 1) * b].to(device=self.store_device, dtype=torch.float16,
+                                           memory_format=torch.contiguous_format, copy=True)
 
-        self.q[(self.step, key)] = keep(q)
-        self.k[(self.step, key)] = keep(k)
+        slot = (self.step, key)
+        x = self.inputs["q"][slot] = keep(n)
+        kx = self.inputs["k"][slot] = x if context is n else keep(context)
         if self.with_v:
-            self.v[(self.step, key)] = keep(v)
+            self.inputs["v"][slot] = kx if value is context else keep(value)
+
+    def _read_weights(self, key, n, context, heads):
+        attn = self.modules[key]
+        for name, src in (("q", n), ("k", context), ("v", context)):
+            if name == "v" and not self.with_v:
+                continue
+            linear = getattr(attn, "to_" + name)
+            self.projections[name][key] = effective_projection(linear, src.shape[-1], heads, src.device, src.dtype,
+                                                               self.store_device)

@@ -1,7 +1,9 @@
 """ATTN_CAPTURE: what "Inversion with Attention Capture" recorded.
 
 Queries and keys (and optionally values) of chosen self-attention layers at chosen inversion
-steps, heads kept, fp16 -- never the tokens x tokens map. Attention rows are computed later, in
+steps, heads kept, fp16 -- never the tokens x tokens map. The node stores them as each layer's
+input plus its projection weights (:class:`~.projection_bank.ProjectionBank`, half the bytes of
+q and k); plain dicts of q / k tensors work the same. Attention rows are computed later, in
 chunks, by :meth:`AttnCapture.rows` (see :mod:`attention_rows`).
 
 The contract:
@@ -28,6 +30,7 @@ import torch
 
 from .attention_rows import DEFAULT_MAX_ELEMENTS, attention_rows, grid_position, upsample_rows
 from .errors import input_error
+from .projection_bank import ProjectionBank, unique_nbytes
 
 
 @dataclass(frozen=True, repr=False)
@@ -78,13 +81,35 @@ class AttnCapture:
             raise ValueError(f"latent cell ({x}, {y}) is outside the {w}x{h} latent grid")
         return int(y) * int(w) + int(x)
 
+    @property
+    def batch(self) -> int:
+        key = next(iter(self.q), None)
+        if key is None:
+            return 0
+        return int(self.q.shape(key)[0]) if isinstance(self.q, ProjectionBank) else int(self.q[key].shape[0])
+
+    def _stored(self, bank) -> dict:
+        return bank.inputs if isinstance(bank, ProjectionBank) else bank
+
     def nbytes_per_step(self, step: int | None = None) -> int:
-        """Bytes of q, k (and v) held for one captured step."""
+        """Bytes held for one captured step (a tensor shared by q, k and v counts once)."""
         if not self.steps:
             return 0
         step = self.steps[0] if step is None else step
-        return sum(t.numel() * t.element_size() for bank in (self.q, self.k, self.v)
-                   for (s, _), t in bank.items() if s == step)
+        return unique_nbytes(t for bank in (self.q, self.k, self.v) for (s, _), t in self._stored(bank).items() if s == step)
+
+    def nbytes_fixed(self) -> int:
+        """Bytes held once per capture, whatever the number of steps (the projection weights)."""
+        return sum(p.nbytes for bank in (self.q, self.k, self.v) if isinstance(bank, ProjectionBank)
+                   for p in bank.projections.values())
+
+    def _layer_rows(self, step: int, layer: str, positions: torch.Tensor, max_elements: int, device) -> torch.Tensor:
+        key = (step, layer)
+        if isinstance(self.q, ProjectionBank) and isinstance(self.k, ProjectionBank):
+            q = self.q.project(key, tokens=positions, device=device)     # only the rows asked for
+            k = self.k.project(key, device=device)
+            return attention_rows(q, k, torch.arange(q.shape[2]), max_elements=max_elements, device=device)
+        return attention_rows(self.q[key], self.k[key], positions, max_elements=max_elements, device=device)
 
     # ----------------------------------------------------------------------------------- rows
     def rows(self, positions, steps=None, layers=None, reduce_steps: bool = True,
@@ -125,7 +150,7 @@ class AttnCapture:
             for l in layers:
                 lhw = tuple(int(v) for v in self.layer_hw[l])
                 lpos = grid_position(positions, (h, w), lhw)
-                r = attention_rows(self.q[(s, l)], self.k[(s, l)], lpos, max_elements=max_elements, device=device)
+                r = self._layer_rows(s, l, lpos, max_elements, device)
                 r = upsample_rows(r, lhw, (h, w))
                 acc = r if acc is None else acc.add_(r)
             out.append(acc.div_(len(layers)))
@@ -138,7 +163,7 @@ class AttnCapture:
 
     def __repr__(self) -> str:
         h, w = self.latent_hw
-        b = next(iter(self.q.values())).shape[0] if self.q else 0
+        b = self.batch
         return (f"AttnCapture(latent {w}x{h}, batch {b}, {len(self.sigmas) - 1}-step {self.scheduler or 'custom'} "
                 f"schedule, edit_step {self.edit_step}, steps {list(self.steps)}, layers {list(self.layers)}, "
                 f"v {'yes' if self.v else 'no'}, cfg {self.cfg:g}, {self.nbytes_per_step() / 1e6:.2f} MB per step)")

@@ -104,7 +104,7 @@ def check_latent(latent, capture: AttnCapture, node: str, input_name: str = "lat
     if z.ndim != 4 or tuple(z.shape[-2:]) != (h, w):
         raise input_error(node, input_name, f"latent of shape {tuple(z.shape)} does not match the captured latent grid {w}x{h}; "
                                             "connect the LATENT of the same 'Inversion with Attention Capture'")
-    cap_b = next(iter(capture.q.values())).shape[0]
+    cap_b = capture.batch
     if cap_b not in (1, z.shape[0]):
         raise input_error(node, input_name, f"latent batch {z.shape[0]} does not match the capture's batch {cap_b}")
     return z

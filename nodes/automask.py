@@ -62,7 +62,7 @@ class AutoMask(io.ComfyNode):
         if not (0 < tau < float("inf")):
             raise input_error(NODE, "tau", f"{tau} must be > 0 (a cell is in the mask when attention / reference > tau; paper: 2.0)")
         h, w = capture.latent_hw
-        b = next(iter(capture.q.values())).shape[0]
+        b = capture.batch
         user = None
         if mask is not None:
             user = ad.mask_to_cells(mask, capture, NODE, "mask")

@@ -75,7 +75,12 @@ def test_patched_unet_output_equals_unpatched_and_records_the_cond_half(tiny, ho
     ctx = torch.cat([neg[0][0], neg[0][0], pos[0][0], pos[0][0]])
     seen = {}
     attn1 = unet.input_blocks[1][1].transformer_blocks[0].attn1
-    hook = attn1.to_q.register_forward_hook(lambda mod, inp, out: seen.setdefault("q", out.detach().clone()))
+
+    def keep_q(mod, inp, out):  # the layer's own q; the capture's 2-D weight probe is not a layer call
+        if out.dim() == 3:
+            seen.setdefault("q", out.detach().clone())
+
+    hook = attn1.to_q.register_forward_hook(keep_q)
     try:
         ref = model.model.diffusion_model(x, t, context=ctx, transformer_options={"cond_or_uncond": [1, 0]})
         seen.clear()
@@ -117,10 +122,13 @@ def test_state_is_reset_at_the_start_of_every_sampling_call(tiny, host):
     cap = capture_mod.SelfAttentionCapture(["output.0.0"])
     cap.install(m)
     cap.set_step(7, 1.0)
-    cap.q[("junk", "x")] = torch.zeros(1)
+    cap.inputs["q"][("junk", "x")] = torch.zeros(1)
     host.common_ksampler(m, 1, 1, 1.0, "euler", "normal", pos, neg, latent(1))
     assert cap.step is None and not cap.q and not cap.k and not cap.step_sigmas
-    assert copy.deepcopy(m.model_options)["transformer_options"]["patches_replace"]["attn1"][("output", 0, 0)] is cap
+    patches = copy.deepcopy(m.model_options)["transformer_options"]["patches"]["attn1_patch"]
+    assert len(patches) == 1 and patches[0] is cap
+    cap.install(m)  # installing again replaces, never stacks
+    assert m.model_options["transformer_options"]["patches"]["attn1_patch"] == [cap]
 
 
 # -------------------------------------------------------------------------------- the node
@@ -151,6 +159,27 @@ def test_node_captures_the_contract_and_leaves_the_model_alone(tiny):
     assert cap2.steps == (1,) and cap2.layers == ("output.1.0",) and set(cap2.q) == {(1, "output.1.0")}
     assert not cap2.v and len(cap2.trajectory) == 3
     assert model_state(model) == before
+
+
+def test_capture_holds_the_layer_input_once_and_the_weights_a_lora_patch_gives(tiny):
+    """q and k come from one stored input (half the bytes of q + k) and the effective weights of
+    the patched clone (a LoRA-style diff on to_q), not the checkpoint's raw weights."""
+    model, pos, _ = tiny
+    key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    raw = model.model.state_dict()[key].detach().clone()
+    delta = torch.randn(raw.shape, generator=torch.Generator().manual_seed(8)) * 0.05
+    lora = model.clone()
+    lora.add_patches({key: (delta,)}, 1.0)
+    before = model_state(model)
+    _, cap = run(lora, latent(13, hw=(8, 6)), steps=6, edit_step=3, positive=pos)
+    assert model_state(model) == before and not model.patches  # (the shared weights are ComfyUI's to patch and restore)
+    p = cap.q.projections["input.1.0"]
+    torch.testing.assert_close(p.weight_t, (raw + delta).t().float(), atol=1e-6, rtol=1e-6)
+    plain = cap.q.projections["output.1.0"].weight_t
+    torch.testing.assert_close(plain, model.model.state_dict()[key.replace("input_blocks.1.1", "output_blocks.1.1")].t().float())
+    per_layer = 48 * 320 * 2  # tokens x channels x fp16
+    assert cap.nbytes_per_step() == 3 * per_layer  # q and k share the stored input
+    assert cap.q.inputs[(0, "input.1.0")] is cap.k.inputs[(0, "input.1.0")]
 
 
 @pytest.mark.parametrize("kind,scheduler,sampler", [("eps", "normal", "euler"), ("eps", "ddim_uniform", "ddim"),

@@ -1,0 +1,101 @@
+"""Queries, keys and values of a self-attention layer, kept as the layer's input.
+
+A self-attention layer computes ``q = x Wq^T``, ``k = x Wk^T``, ``v = x Wv^T`` (plus a bias
+where the Linear has one) from one input ``x`` of ``C`` channels, and each of q, k, v has as many
+channels as ``x`` (heads x dim = C in SD1.5). Storing ``x`` (fp16) once per step and the layer's
+effective projection weights once per capture holds exactly the information of q and k (and v)
+in half (a third) of the bytes; q, k and v are one matmul away.
+
+:class:`ProjectionBank` is a read-only mapping ``(step, layer) -> [B, heads, tokens, dim]`` that
+projects on demand, so code written for stored q / k / v tensors keeps working.
+
+Pure torch; no ComfyUI.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One Linear as it acted on the layer input: ``y = x @ weight_t + bias``."""
+    weight_t: torch.Tensor      # [C, heads * dim], float32
+    bias: torch.Tensor | None   # [heads * dim] float32, or None
+    heads: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.weight_t.shape[1]) // int(self.heads)
+
+    @property
+    def nbytes(self) -> int:
+        b = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
+        return self.weight_t.numel() * self.weight_t.element_size() + b
+
+
+def effective_projection(linear, channels: int, heads: int, device, dtype, store_device) -> Projection:
+    """The weights a Linear-like callable actually applies (LoRA and casts included), read off its
+    outputs on the identity and on zero: ``bias = f(0)``, ``W^T = f(I) - bias``."""
+    probe = torch.cat([torch.eye(channels, device=device, dtype=dtype),
+                       torch.zeros(1, channels, device=device, dtype=dtype)])
+    out = linear(probe).to(torch.float32)
+    bias = out[-1]
+    weight_t = (out[:-1] - bias).to(store_device).contiguous()
+    has_bias = bool(torch.any(bias != 0))
+    return Projection(weight_t=weight_t, bias=bias.to(store_device).contiguous() if has_bias else None, heads=int(heads))
+
+
+def project_heads(x: torch.Tensor, proj: Projection, tokens: torch.Tensor | None = None,
+                  dtype=torch.float32, device=None) -> torch.Tensor:
+    """``x [B, T, C]`` -> ``[B, heads, T', dim]`` (``T'`` = the chosen token indices, or all)."""
+    device = x.device if device is None else torch.device(device)
+    if tokens is not None:
+        x = x.index_select(1, torch.as_tensor(tokens, dtype=torch.long, device=x.device))
+    y = torch.matmul(x.to(device=device, dtype=torch.float32), proj.weight_t.to(device))
+    if proj.bias is not None:
+        y = y.add_(proj.bias.to(device))
+    b, t, _ = y.shape
+    return y.reshape(b, t, proj.heads, proj.dim).permute(0, 2, 1, 3).to(dtype)
+
+
+class ProjectionBank(Mapping):
+    """``(step, layer) -> [B, heads, tokens, dim]`` fp16, projected from the stored layer inputs.
+
+    inputs: ``(step, layer) -> [B, tokens, C]`` (fp16); projections: ``layer -> Projection``.
+    """
+
+    def __init__(self, inputs: dict, projections: dict):
+        self.inputs = inputs
+        self.projections = projections
+
+    def __getitem__(self, key):
+        return self.project(key, dtype=torch.float16)
+
+    def __iter__(self):
+        return iter(self.inputs)
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def project(self, key, tokens=None, dtype=torch.float32, device=None) -> torch.Tensor:
+        """The projection of ``inputs[key]`` at the chosen token indices (all by default)."""
+        return project_heads(self.inputs[key], self.projections[key[1]], tokens=tokens, dtype=dtype, device=device)
+
+    def shape(self, key) -> tuple:
+        b, t, _ = self.inputs[key].shape
+        p = self.projections[key[1]]
+        return (int(b), p.heads, int(t), p.dim)
+
+
+def unique_nbytes(tensors) -> int:
+    """Bytes of the distinct storages among ``tensors`` (a tensor shared by q and k counts once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
