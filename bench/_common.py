@@ -55,6 +55,39 @@ class PeakMemory:
         return False
 
 
+def load_sample(ckpt: str, size: int, sample: str, inference: bool = True):
+    """Host nodes, a checkpoint from ComfyUI's checkpoints folder, a text encoder and a DragBench sample
+    VAE-encoded at size x size -> ``(host, model, encode, latent)``. ``inference``: load under
+    ``torch.inference_mode`` as ComfyUI's executor does; False for code that backpropagates through the
+    weights (the null-text anchor)."""
+    import contextlib
+
+    import numpy as np
+    from PIL import Image
+
+    import harness  # tests/, on sys.path in every benchmark
+    host = harness.load_host()
+    harness.import_pack()
+    import comfy.sd
+    import folder_paths
+    path = folder_paths.get_full_path("checkpoints", ckpt)
+    if not path:
+        raise SystemExit(f"no checkpoint {ckpt!r} in ComfyUI's checkpoints folder")
+    with torch.inference_mode() if inference else contextlib.nullcontext():
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+    img = Image.open(os.path.join(harness.DATA, sample, "original_image.png")).convert("RGB")
+    img = img.resize((size, size), Image.LANCZOS)
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+    with torch.inference_mode():
+        latent = {"samples": host.VAEEncode().encode(vae, pixels)[0]["samples"].clone()}
+
+    def encode(text: str):
+        with torch.inference_mode() if inference else contextlib.nullcontext():
+            return host.CLIPTextEncode().encode(clip, text)[0]
+
+    return host, model, encode, latent
+
+
 def timed(fn, repeat: int = 1, warmup: bool = True):
     """(median seconds over ``repeat`` runs after one warm-up, PeakMemory of the last run, last result)."""
     if warmup:

@@ -20,9 +20,7 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
-from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -34,21 +32,10 @@ SAMPLE = "dragbench-dev/animals/JH_2023-09-14-1820-16"
 
 
 def load(args):
-    host = harness.load_host()
-    harness.import_pack()
-    import comfy.sd
-    import folder_paths
-    path = folder_paths.get_full_path("checkpoints", args.ckpt)
-    if not path:
-        raise SystemExit(f"no checkpoint {args.ckpt!r} in ComfyUI's checkpoints folder")
-    with torch.inference_mode():  # as ComfyUI's executor: the gradient pass must cope with inference weights
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
-        enc = lambda text: host.CLIPTextEncode().encode(clip, text)[0]
-        img = Image.open(os.path.join(harness.DATA, SAMPLE, "original_image.png")).convert("RGB")
-        img = img.resize((args.size, args.size), Image.LANCZOS)
-        pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
-        latent = host.VAEEncode().encode(vae, pixels)[0]
-        src = enc(args.prompt)
+    from _common import load_sample
+    _, model, enc, latent = load_sample(args.ckpt, args.size, SAMPLE)  # inference mode, as the executor
+    src = enc(args.prompt)
+    with torch.inference_mode():  # the gradient pass must cope with inference weights
         inversion, z_T, sigmas = harness.run_node(
             "DragFusionPNIInvert", model=model, latent=latent, source=src, steps=args.steps, cfg=args.cfg, lam=0.02,
             prox="L1", eta=0.1, guidance_until=args.steps, scheduler="ddim_uniform").result

@@ -19,9 +19,7 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
-from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -31,20 +29,8 @@ SAMPLE = "dragbench-dev/animals/JH_2023-09-14-1820-16"
 
 
 def load(args):
-    host = harness.load_host()
-    harness.import_pack()
-    import comfy.sd
-    import folder_paths
-    path = folder_paths.get_full_path("checkpoints", args.ckpt)
-    if not path:
-        raise SystemExit(f"no checkpoint {args.ckpt!r} in ComfyUI's checkpoints folder")
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
-    enc = lambda text: host.CLIPTextEncode().encode(clip, text)[0]
-    img = Image.open(os.path.join(harness.DATA, SAMPLE, "original_image.png")).convert("RGB")
-    img = img.resize((args.size, args.size), Image.LANCZOS)
-    pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
-    with torch.inference_mode():
-        latent = {"samples": host.VAEEncode().encode(vae, pixels)[0]["samples"].clone()}
+    from _common import load_sample
+    _, model, enc, latent = load_sample(args.ckpt, args.size, SAMPLE, inference=False)  # NTI backpropagates
     return model, latent, enc(args.prompt), enc("")
 
 

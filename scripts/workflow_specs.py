@@ -22,19 +22,44 @@ SPECS = {
 }
 
 # AttentionDrag (paper defaults: LCM schedule, 10 steps, edit at step 5, no CFG, tau 2.0).
-ATTENTION_DRAG = [
-    {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100], "widgets": {"ckpt_name": "dragfusion_tiny_sd15.safetensors"}},
-    {"id": 2, "type": "ModelSamplingDiscrete", "pos": [50, 300], "widgets": {"sampling": "lcm", "zsnr": False},
-     "links": {"model": [1, 0]}},
-    {"id": 3, "type": "DragFusionLoadDragBenchSample", "pos": [50, 450],
-     "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
-    {"id": 4, "type": "CLIPTextEncode", "pos": [400, 100], "links": {"clip": [1, 1], "text": [3, 3]}},
-    {"id": 5, "type": "ConditioningZeroOut", "pos": [400, 300], "links": {"conditioning": [4, 0]}},
-    {"id": 6, "type": "VAEEncode", "pos": [400, 450], "links": {"pixels": [3, 0], "vae": [1, 2]}},
-    {"id": 7, "type": "DragFusionInvertCapture", "pos": [750, 100],
-     "widgets": {"steps": 10, "edit_step": 5, "scheduler": "simple", "cfg": 1.0, "layers": "latent resolution",
-                 "capture_values": True},
-     "links": {"model": [2, 0], "latent": [6, 0], "positive": [4, 0]}},
+def _attentiondrag_front() -> list:
+    """Nodes 1-7 of both AttentionDrag workflows: checkpoint (LCM sampling), sample, prompt, VAE encode,
+    Inversion with Attention Capture (output 0 the latent at step 5, output 1 the capture)."""
+    return [
+        {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100], "widgets": {"ckpt_name": "dragfusion_tiny_sd15.safetensors"}},
+        {"id": 2, "type": "ModelSamplingDiscrete", "pos": [50, 300], "widgets": {"sampling": "lcm", "zsnr": False},
+         "links": {"model": [1, 0]}},
+        {"id": 3, "type": "DragFusionLoadDragBenchSample", "pos": [50, 450],
+         "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
+        {"id": 4, "type": "CLIPTextEncode", "pos": [400, 100], "links": {"clip": [1, 1], "text": [3, 3]}},
+        {"id": 5, "type": "ConditioningZeroOut", "pos": [400, 300], "links": {"conditioning": [4, 0]}},
+        {"id": 6, "type": "VAEEncode", "pos": [400, 450], "links": {"pixels": [3, 0], "vae": [1, 2]}},
+        {"id": 7, "type": "DragFusionInvertCapture", "pos": [750, 100],
+         "widgets": {"steps": 10, "edit_step": 5, "scheduler": "simple", "cfg": 1.0, "layers": "latent resolution",
+                     "capture_values": True},
+         "links": {"model": [2, 0], "latent": [6, 0], "positive": [4, 0]}},
+    ]
+
+
+def _attentiondrag_tail(first: int, x: int, model: list, latent: list, side_links: dict, prefix: str) -> list:
+    """KSamplerAdvanced from step 5 of 10 (ids from ``first``, column ``x``) -> VAEDecode -> preview, and the
+    side-by-side picture saved under ``prefix``."""
+    k, dec, side = first, first + 1, first + 3
+    return [
+        {"id": k, "type": "KSamplerAdvanced", "pos": [x, 100],
+         "widgets": {"add_noise": "disable", "noise_seed": 0, "steps": 10, "cfg": 1.0, "sampler_name": "euler",
+                     "scheduler": "simple", "start_at_step": 5, "end_at_step": 10000, "return_with_leftover_noise": "disable"},
+         "links": {"model": model, "positive": [4, 0], "negative": [5, 0], "latent_image": latent}},
+        {"id": dec, "type": "VAEDecode", "pos": [x + 350, 100], "links": {"samples": [k, 0], "vae": [1, 2]}},
+        {"id": first + 2, "type": "PreviewImage", "pos": [x + 350, 250], "links": {"images": [dec, 0]}},
+        {"id": side, "type": "DragFusionSideBySide", "pos": [x + 350, 550],
+         "links": {"original": [3, 0], "result": [dec, 0], **side_links}},
+        {"id": first + 4, "type": "SaveImage", "pos": [x + 700, 550], "widgets": {"filename_prefix": prefix},
+         "links": {"images": [side, 0]}},
+    ]
+
+
+ATTENTION_DRAG = _attentiondrag_front() + [
     {"id": 8, "type": "DragFusionAutoMask", "pos": [1100, 100],
      "widgets": {"tau": 2.0, "reference": "mean", "steps": "all", "dilation": 0, "mask_mode": "union"},
      "links": {"capture": [7, 1], "points": [3, 1], "mask": [3, 2]}},
@@ -45,47 +70,15 @@ ATTENTION_DRAG = [
      "links": {"capture": [7, 1], "latent": [9, 0], "mask": [9, 1]}},
     {"id": 11, "type": "DragFusionKVConsistency", "pos": [1450, 400], "widgets": {"enabled": True, "strength": 1.0},
      "links": {"model": [2, 0], "capture": [7, 1]}},
-    {"id": 12, "type": "KSamplerAdvanced", "pos": [1800, 100],
-     "widgets": {"add_noise": "disable", "noise_seed": 0, "steps": 10, "cfg": 1.0, "sampler_name": "euler",
-                 "scheduler": "simple", "start_at_step": 5, "end_at_step": 10000, "return_with_leftover_noise": "disable"},
-     "links": {"model": [11, 0], "positive": [4, 0], "negative": [5, 0], "latent_image": [10, 0]}},
-    {"id": 13, "type": "VAEDecode", "pos": [2150, 100], "links": {"samples": [12, 0], "vae": [1, 2]}},
-    {"id": 14, "type": "PreviewImage", "pos": [2150, 250], "links": {"images": [13, 0]}},
-    {"id": 15, "type": "DragFusionSideBySide", "pos": [2150, 550],
-     "links": {"original": [3, 0], "result": [13, 0], "points": [3, 1], "mask": [8, 0]}},
-    {"id": 16, "type": "SaveImage", "pos": [2500, 550], "widgets": {"filename_prefix": "attention_drag"},
-     "links": {"images": [15, 0]}},
-]
+] + _attentiondrag_tail(12, 1800, [11, 0], [10, 0], {"points": [3, 1], "mask": [8, 0]}, "attention_drag")
 
-ATTENTION_DRAG_INPAINT = [
-    {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100], "widgets": {"ckpt_name": "dragfusion_tiny_sd15.safetensors"}},
-    {"id": 2, "type": "ModelSamplingDiscrete", "pos": [50, 300], "widgets": {"sampling": "lcm", "zsnr": False},
-     "links": {"model": [1, 0]}},
-    {"id": 3, "type": "DragFusionLoadDragBenchSample", "pos": [50, 450],
-     "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
-    {"id": 4, "type": "CLIPTextEncode", "pos": [400, 100], "links": {"clip": [1, 1], "text": [3, 3]}},
-    {"id": 5, "type": "ConditioningZeroOut", "pos": [400, 300], "links": {"conditioning": [4, 0]}},
-    {"id": 6, "type": "VAEEncode", "pos": [400, 450], "links": {"pixels": [3, 0], "vae": [1, 2]}},
-    {"id": 7, "type": "DragFusionInvertCapture", "pos": [750, 100],
-     "widgets": {"steps": 10, "edit_step": 5, "scheduler": "simple", "cfg": 1.0, "layers": "latent resolution",
-                 "capture_values": True},
-     "links": {"model": [2, 0], "latent": [6, 0], "positive": [4, 0]}},
+ATTENTION_DRAG_INPAINT = _attentiondrag_front() + [
     {"id": 8, "type": "DragFusionAttentionInterpolate", "pos": [1100, 100],
      "widgets": {"fill": "attention", "mode": "inpaint", "steps": "all"},
      "links": {"capture": [7, 1], "latent": [7, 0], "mask": [3, 2]}},
     {"id": 9, "type": "DragFusionKVConsistency", "pos": [1100, 400], "widgets": {"enabled": False, "strength": 1.0},
      "links": {"model": [2, 0], "capture": [7, 1]}},
-    {"id": 10, "type": "KSamplerAdvanced", "pos": [1450, 100],
-     "widgets": {"add_noise": "disable", "noise_seed": 0, "steps": 10, "cfg": 1.0, "sampler_name": "euler",
-                 "scheduler": "simple", "start_at_step": 5, "end_at_step": 10000, "return_with_leftover_noise": "disable"},
-     "links": {"model": [9, 0], "positive": [4, 0], "negative": [5, 0], "latent_image": [8, 0]}},
-    {"id": 11, "type": "VAEDecode", "pos": [1800, 100], "links": {"samples": [10, 0], "vae": [1, 2]}},
-    {"id": 12, "type": "PreviewImage", "pos": [1800, 250], "links": {"images": [11, 0]}},
-    {"id": 13, "type": "DragFusionSideBySide", "pos": [1800, 550],
-     "links": {"original": [3, 0], "result": [11, 0], "mask": [3, 2]}},
-    {"id": 14, "type": "SaveImage", "pos": [2150, 550], "widgets": {"filename_prefix": "attention_drag_inpaint"},
-     "links": {"images": [13, 0]}},
-]
+] + _attentiondrag_tail(10, 1450, [9, 0], [8, 0], {"mask": [3, 2]}, "attention_drag_inpaint")
 
 SPECS["attention_drag.json"] = (ATTENTION_DRAG, [
     "AttentionDrag (one-step drag editing from the UNet's own self-attention). Paper defaults: an LCM model "

@@ -1,6 +1,6 @@
 """ShapeDrag evaluation: MD and background fidelity of drag edits on the trained ShapeDrag model.
 
-    scripts/evaluate --shapedrag [--n 12] [--seed 0] [--methods none,copy,ad,ad-user,ad-nearest,ad-user-nearest,ad-nokv,ad-user-nokv]
+    scripts/evaluate --shapedrag [--n 12] [--seed 0] [--methods none,copy,ad,ad-user,ad-nearest,ad-user-nearest,ad-nokv,ad-user-nokv,dual]
 
 Everything runs in this process through the real ComfyUI host and the pack's own nodes
 (tests/harness.py load_host / run_node): the samples are written in DragBench format into the
@@ -19,6 +19,9 @@ ComfyUI's KSamplerAdvanced from the edit step (euler = the DDIM step, add_noise 
   ad-nearest      AttentionDrag with nearest fill instead of attention    -- paper: w/o SBI
   ad-user-nearest without both                                            -- paper: baseline
   ad-nokv, ad-user-nokv   ad / ad-user without KV consistency in the regeneration
+  dual            VersaFusion's dual-branch drag: PNI Invert (`--dual-steps` DDIM steps of ddim_uniform, the
+                  prompt as source and target) + Dual-Branch Guided Sampler (task drag, the sample's points
+                  and mask, the node's defaults: w_edit 4, w_share 6, energy 40, 60 % guided, KV replace)
 
 Scoring: bench/shapedrag/score.py (MD from the dragged object's colour segmentation; PSNR/SSIM
 outside the edited region). Writes every result PNG and results.json under --out.
@@ -55,6 +58,7 @@ METHODS = {
     "ad-user-nearest": "AttentionDrag w/o both",
     "ad-nokv": "AttentionDrag w/o KV consistency",
     "ad-user-nokv": "AttentionDrag w/o AutoMask, w/o KV",
+    "dual": "dual-branch drag (PNI + VersaFusion)",
 }
 
 
@@ -93,9 +97,10 @@ def write_samples(n: int, seed: int, size: int = 128) -> list[str]:
 
 class Evaluator:
     def __init__(self, ckpt: str = CKPT, steps: int = 10, edit_step: int = 5, scheduler: str = "simple",
-                 tau: float = 2.0, reference: str = "mean"):
+                 tau: float = 2.0, reference: str = "mean", dual_steps: int = 20):
         self.nodes = harness.load_host()
         self.steps, self.edit_step, self.scheduler = steps, edit_step, scheduler
+        self.dual_steps = dual_steps
         self.tau, self.reference = tau, reference
         self.model, self.clip, self.vae = core(self.nodes, "CheckpointLoaderSimple", ckpt_name=ckpt)[:3]
         self._prompts = {}
@@ -114,6 +119,17 @@ class Evaluator:
                    return_with_leftover_noise="disable")[0]
         return core(self.nodes, "VAEDecode", samples=out, vae=self.vae)[0]
 
+    def dual_drag(self, latent, pos, points, mask):
+        """VersaFusion's drag through the pack's nodes: PNI Invert, then the Dual-Branch Guided Sampler."""
+        run = harness.run_node
+        inversion = run("DragFusionPNIInvert", model=self.model, latent=latent, source=pos, steps=self.dual_steps,
+                        cfg=1.0, lam=0.02, prox="L1", eta=0.1, guidance_until=self.dual_steps,
+                        scheduler="ddim_uniform").result[0]
+        out = run("DragFusionDualBranchGuidedSampler", model=self.model, inversion=inversion, target=pos, task="drag",
+                  sampler_name="euler", w_edit=4.0, w_share=6.0, energy_scale=40.0, guidance_fraction=0.6,
+                  kv_replace=True, points=points, mask=mask).result[0]
+        return core(self.nodes, "VAEDecode", samples=out, vae=self.vae)[0]
+
     def run_sample(self, sample: str, methods) -> dict:
         """-> {method: (image float [H, W, 3], seconds)}; the inversion is shared and timed once."""
         run = harness.run_node
@@ -128,6 +144,10 @@ class Evaluator:
         out = {}
         for m in methods:
             t1 = time.perf_counter()
+            if m == "dual":   # its own inversion, timed with it
+                img = self.dual_drag(latent, pos, points, mask)
+                out[m] = (img[0].float().cpu().numpy(), time.perf_counter() - t1)
+                continue
             if m == "none":
                 img = self.regenerate(self.model, z, pos, neg)
             elif m == "copy":
@@ -271,6 +291,7 @@ def main(argv=None):
     ap.add_argument("--scheduler", default="simple")
     ap.add_argument("--tau", type=float, default=2.0)
     ap.add_argument("--reference", default="mean", choices=["handle", "mean"])
+    ap.add_argument("--dual-steps", type=int, default=20, help="DDIM steps of the dual-branch drag (PNI + sampler)")
     ap.add_argument("--out", default=os.path.join(REPO, "out", "shapedrag"))
     a = ap.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -282,7 +303,7 @@ def main(argv=None):
         return 2
     t0 = time.time()
     report = evaluate(a.n, a.seed, methods, a.out, steps=a.steps, edit_step=a.edit_step, scheduler=a.scheduler,
-                      tau=a.tau, reference=a.reference)
+                      tau=a.tau, reference=a.reference, dual_steps=a.dual_steps)
     print(table(report))
     print(f"results: {a.out}/results.json and one PNG per method and sample ({time.time() - t0:.0f} s)")
     return 0
