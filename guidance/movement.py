@@ -7,6 +7,11 @@
 * Several pairs (DESIGN.md): v[p] = sum_i w_i[p] v_i[p] with w_i[p] = A_i[p] / sum_j A_j[p], the
   cell's share of the step-averaged attention of the handles. One pair: exactly Eq. 6-7.
 * Eq. 8: v[p] = 0 outside the mask.
+* ``rigid=True`` (an option, not the paper): the ratio of Eq. 6 is replaced by 1, so every mask
+  cell moves by the whole drag vector (several pairs: still weighted by the cell's share of the
+  handles' attention). Eq. 6 moves a cell by the fraction A[p] / A[h] of the drag, which keeps an
+  object in one piece only where the self-attention is broad over it; with a local self-attention
+  the object is stretched and left behind.
 * Eq. 9, a forward warp: the content of cell p is written to round(p + v[p]) (round half up);
   writes that land outside the grid are dropped. Every cell writes, cells outside the mask to
   themselves. Collisions: the source most attended by the handles wins (score = the largest
@@ -24,11 +29,12 @@ def drag_vectors(pairs_cells) -> torch.Tensor:
 
 
 def movement_field(rows: torch.Tensor, handle_idx: torch.Tensor, drags: torch.Tensor,
-                   mask: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, eps: float = 1e-12, rigid: bool = False) -> torch.Tensor:
     """Eq. 6-8 (+ the multi-pair weighting): per-cell movement [B, N, 2] (dx, dy) in cells.
 
     rows: [S, B, P, N] handle attention rows per captured step (or [B, P, N] for one step);
     handle_idx: [P] flat handle cells; drags: [P, 2]; mask: bool [B, N] or None (= everywhere).
+    rigid: the whole drag vector instead of Eq. 6's fraction A[p] / A[h] of it.
     """
     rows = rows.float()
     if rows.ndim == 3:
@@ -37,6 +43,8 @@ def movement_field(rows: torch.Tensor, handle_idx: torch.Tensor, drags: torch.Te
     idx = handle_idx.to(rows.device).view(1, 1, p, 1).expand(s, b, p, 1)
     ref = rows.gather(3, idx).clamp_min(eps)                    # A_t,i[h_i]
     ratio = (rows / ref).mean(0)                                # Eq. 6-7 without V: [B, P, N]
+    if rigid:
+        ratio = torch.ones_like(ratio)
     if p == 1:
         weights = torch.ones_like(ratio)
     else:
@@ -98,7 +106,7 @@ def forward_warp(z: torch.Tensor, v: torch.Tensor, score: torch.Tensor,
 
 
 def semantic_move(z: torch.Tensor, rows: torch.Tensor, handle_idx: torch.Tensor, drags: torch.Tensor,
-                  mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  mask: torch.Tensor, rigid: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 5-9 end to end: (z', blank [B, N], v [B, N, 2]). mask: bool [B, N]."""
     if rows.ndim == 3:
         rows = rows[None]
@@ -106,6 +114,6 @@ def semantic_move(z: torch.Tensor, rows: torch.Tensor, handle_idx: torch.Tensor,
     if rows.shape[1] != b:
         rows = rows.expand(rows.shape[0], b, *rows.shape[2:])
     mask = mask.reshape(b, -1).bool()
-    v = movement_field(rows, handle_idx, drags, mask)
+    v = movement_field(rows, handle_idx, drags, mask, rigid=rigid)
     z2, blank = forward_warp(z, v, collision_score(rows), mask)
     return z2, blank, v

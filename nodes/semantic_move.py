@@ -8,6 +8,7 @@ from . import _attentiondrag as ad
 from .types import CATEGORY_ATTENTIONDRAG, AttnCaptureType, DragPointsType
 
 NODE = "AttentionDrag Semantic Move"
+MOVEMENTS = ("attention ratio (Eq. 6)", "rigid")
 
 
 class SemanticMove(io.ComfyNode):
@@ -38,16 +39,25 @@ class SemanticMove(io.ComfyNode):
                 io.Mask.Input("mask", tooltip="Where cells may move (Eq. 8): AutoMask's output or your own, image or latent size."),
                 io.String.Input("steps", default="all",
                                 tooltip="Captured inversion steps whose movements are averaged (Eq. 7): 'all' or e.g. '0, 2, 4'."),
+                io.Combo.Input("movement_mode", display_name="movement", options=list(MOVEMENTS), default=MOVEMENTS[0],
+                               optional=True,
+                               tooltip="'attention ratio (Eq. 6)': a cell moves by A[cell] / A[handle] of the drag "
+                                       "(the paper). 'rigid': every mask cell moves by the whole drag (several pairs: "
+                                       "still weighted by the cell's attention to each handle); use it when the "
+                                       "object is stretched and left behind, i.e. the model's self-attention is "
+                                       "too local for Eq. 6."),
             ],
             outputs=[io.Latent.Output(display_name="latent"), io.Mask.Output(display_name="blank_mask")],
         )
 
     @classmethod
-    def execute(cls, capture, latent, points, mask, steps="all"):
+    def execute(cls, capture, latent, points, mask, steps="all", movement_mode=MOVEMENTS[0]):
         capture = ad.check_capture(capture, NODE)
         z = ad.check_latent(latent, capture, NODE)
         pairs = ad.check_points(points, capture, NODE)
         step_list = ad.parse_steps(steps, capture, NODE)
+        if movement_mode not in MOVEMENTS:
+            raise input_error(NODE, "movement", f"{movement_mode!r} is not one of {list(MOVEMENTS)}")
         b = z.shape[0]
         cells = ad.match_batch(ad.mask_to_cells(mask, capture, NODE, "mask"), b, NODE, "mask")
         if not cells.any(dim=1).all():
@@ -58,7 +68,8 @@ class SemanticMove(io.ComfyNode):
         handles = automask.handle_cells(pairs, h, w)
         comfy.model_management.throw_exception_if_processing_interrupted()
         rows = ad.rows_fn(capture, step_list, b, reduce_steps=False)(handles).to(z.device)  # [S, B, P, N]
-        moved, blank, _ = movement.semantic_move(z, rows, handles, movement.drag_vectors(pairs), cells.to(z.device))
+        moved, blank, _ = movement.semantic_move(z, rows, handles, movement.drag_vectors(pairs), cells.to(z.device),
+                                                rigid=movement_mode == "rigid")
         return io.NodeOutput(ad.output_latent(latent, moved), ad.cells_to_mask(blank.cpu(), capture))
 
 

@@ -58,6 +58,10 @@ METHODS = {
     "ad-user-nearest": "AttentionDrag w/o both",
     "ad-nokv": "AttentionDrag w/o KV consistency",
     "ad-user-nokv": "AttentionDrag w/o AutoMask, w/o KV",
+    "ad-rigid": "AttentionDrag, rigid movement",
+    "ad-rigid-user": "AttentionDrag, rigid, w/o AutoMask",
+    "ad-rigid-nearest": "AttentionDrag, rigid, w/o semantic interp.",
+    "ad-rigid-nokv": "AttentionDrag, rigid, w/o KV consistency",
     "dual": "dual-branch drag (PNI + VersaFusion)",
 }
 
@@ -97,10 +101,10 @@ def write_samples(n: int, seed: int, size: int = 128) -> list[str]:
 
 class Evaluator:
     def __init__(self, ckpt: str = CKPT, steps: int = 10, edit_step: int = 5, scheduler: str = "simple",
-                 tau: float = 2.0, reference: str = "mean", dual_steps: int = 20):
+                 tau: float = 2.0, reference: str = "mean", dual_steps: int = 20, layers: str = "latent resolution"):
         self.nodes = harness.load_host()
         self.steps, self.edit_step, self.scheduler = steps, edit_step, scheduler
-        self.dual_steps = dual_steps
+        self.dual_steps, self.layers = dual_steps, layers
         self.tau, self.reference = tau, reference
         self.model, self.clip, self.vae = core(self.nodes, "CheckpointLoaderSimple", ckpt_name=ckpt)[:3]
         self._prompts = {}
@@ -138,7 +142,7 @@ class Evaluator:
         t0 = time.perf_counter()
         latent = core(self.nodes, "VAEEncode", pixels=image, vae=self.vae)[0]
         z, cap = run("DragFusionInvertCapture", model=self.model, latent=latent, steps=self.steps,
-                     edit_step=self.edit_step, scheduler=self.scheduler, cfg=1.0, layers="latent resolution",
+                     edit_step=self.edit_step, scheduler=self.scheduler, cfg=1.0, layers=self.layers,
                      capture_values=True, positive=pos, points=points).result
         t_inv = time.perf_counter() - t0
         out = {}
@@ -160,7 +164,8 @@ class Evaluator:
                                     reference=self.reference, mask=mask, mask_mode="union").result[0]
                 else:
                     edit_mask = mask
-                z2, blank = run("DragFusionSemanticMove", capture=cap, latent=z, points=points, mask=edit_mask).result
+                z2, blank = run("DragFusionSemanticMove", capture=cap, latent=z, points=points, mask=edit_mask,
+                                movement_mode="rigid" if "-rigid" in m else "attention ratio (Eq. 6)").result
                 z2 = run("DragFusionAttentionInterpolate", capture=cap, latent=z2, mask=blank, fill=fill,
                          mode="drag", seed=0).result[0]
                 model = run("DragFusionKVConsistency", model=self.model, capture=cap, enabled="-nokv" not in m,
@@ -291,6 +296,7 @@ def main(argv=None):
     ap.add_argument("--scheduler", default="simple")
     ap.add_argument("--tau", type=float, default=2.0)
     ap.add_argument("--reference", default="mean", choices=["handle", "mean"])
+    ap.add_argument("--layers", default="latent resolution", help="the capture's layer preset")
     ap.add_argument("--dual-steps", type=int, default=20, help="DDIM steps of the dual-branch drag (PNI + sampler)")
     ap.add_argument("--out", default=os.path.join(REPO, "out", "shapedrag"))
     a = ap.parse_args(argv)
@@ -303,7 +309,7 @@ def main(argv=None):
         return 2
     t0 = time.time()
     report = evaluate(a.n, a.seed, methods, a.out, steps=a.steps, edit_step=a.edit_step, scheduler=a.scheduler,
-                      tau=a.tau, reference=a.reference, dual_steps=a.dual_steps)
+                      tau=a.tau, reference=a.reference, dual_steps=a.dual_steps, layers=a.layers)
     print(table(report))
     print(f"results: {a.out}/results.json and one PNG per method and sample ({time.time() - t0:.0f} s)")
     return 0

@@ -155,3 +155,45 @@ def test_zero_length_drag_is_the_identity():
 def test_collision_score_max_over_handles():
     rows = torch.tensor([[[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]]])[None]
     assert torch.allclose(collision_score(rows), torch.tensor([[0.5, 0.6, 0.3]]))
+
+
+def test_rigid_moves_every_mask_cell_by_the_whole_drag_where_eq6_moves_a_fraction():
+    """A local attention (the handle attends to itself 8x more than to the rest of its object):
+    Eq. 6 moves the object's other cells by 1/8 of the drag (rounded: not at all), rigid by all of it."""
+    h, w = 12, 12
+    blob = box(w, 2, 2, 5, 5)
+    handle = blob[4]
+    rows = torch.full((1, 1, 1, h * w), 1e-4)
+    rows[..., blob] = 1.0
+    rows[..., handle] = 8.0
+    rows = rows / rows.sum(-1, keepdim=True)
+    drags = torch.tensor([[4.0, 3.0]])
+    mask = mask_of(h, w, blob)
+    v6 = movement_field(rows, torch.tensor([handle]), drags, mask)
+    vr = movement_field(rows, torch.tensor([handle]), drags, mask, rigid=True)
+    others = [p for p in blob if p != handle]
+    assert torch.allclose(v6[0, others], drags / 8)
+    assert torch.equal(vr[0, blob], drags.expand(len(blob), 2))
+    assert (vr[0, [p for p in range(h * w) if p not in blob]] == 0).all()       # Eq. 8 still holds
+    z = blob_latent(h, w, blob)
+    z6, _, _ = semantic_move(z, rows, torch.tensor([handle]), drags, mask)
+    zr, blank, _ = semantic_move(z, rows, torch.tensor([handle]), drags, mask, rigid=True)
+    cx0, cy0 = centroid(z)
+    filled = torch.where(blank.view(1, 1, h, w), torch.zeros(()), zr)
+    assert centroid(filled) == (cx0 + 4, cy0 + 3) and int((filled[0, 0] > 2.5).sum()) == len(blob)
+    assert abs(centroid(z6)[0] - cx0) < 1.0      # Eq. 6: the object stays (only the handle cell moves)
+
+
+def test_rigid_keeps_the_multi_pair_attention_weights():
+    h, w = 8, 8
+    a, b = box(w, 0, 0, 2, 2), box(w, 5, 5, 7, 7)
+    rows = blob_rows(h, w, [a, b], steps=1)
+    rows[0, 0, 0, a[0]] *= 3   # the handles attend most to themselves: Eq. 6 ratios < 1 elsewhere
+    rows[0, 0, 1, b[0]] *= 3
+    drags = torch.tensor([[2.0, 0.0], [0.0, -2.0]])
+    v = movement_field(rows, torch.tensor([a[0], b[0]]), drags, rigid=True)
+    avg = rows[0, 0]
+    wts = avg / avg.sum(0, keepdim=True)
+    assert torch.allclose(v[0], wts.t() @ drags, atol=1e-6)
+    assert torch.allclose(v[0, a], drags[0].expand(len(a), 2), atol=1e-3)
+    assert torch.allclose(v[0, b], drags[1].expand(len(b), 2), atol=1e-3)
