@@ -21,7 +21,7 @@ ComfyUI's KSamplerAdvanced from the edit step (euler = the DDIM step, add_noise 
   ad-nokv, ad-user-nokv   ad / ad-user without KV consistency in the regeneration
   dual            VersaFusion's dual-branch drag: PNI Invert (`--dual-steps` DDIM steps of ddim_uniform, the
                   prompt as source and target) + Dual-Branch Guided Sampler (task drag, the sample's points
-                  and mask, the node's defaults: w_edit 4, w_share 6, energy 40, 60 % guided, KV replace)
+                  and mask, the node's defaults: w_edit 4, w_share 6, energy 40 (`--dual-energy`), 60 % guided, KV replace)
 
 Scoring: bench/shapedrag/score.py (MD from the dragged object's colour segmentation; PSNR/SSIM
 outside the edited region). Writes every result PNG and results.json under --out.
@@ -101,10 +101,11 @@ def write_samples(n: int, seed: int, size: int = 128) -> list[str]:
 
 class Evaluator:
     def __init__(self, ckpt: str = CKPT, steps: int = 10, edit_step: int = 5, scheduler: str = "simple",
-                 tau: float = 2.0, reference: str = "mean", dual_steps: int = 20, layers: str = "latent resolution"):
+                 tau: float = 2.0, reference: str = "mean", dual_steps: int = 20, layers: str = "latent resolution",
+                 dual_energy: float = 40.0):
         self.nodes = harness.load_host()
         self.steps, self.edit_step, self.scheduler = steps, edit_step, scheduler
-        self.dual_steps, self.layers = dual_steps, layers
+        self.dual_steps, self.layers, self.dual_energy = dual_steps, layers, dual_energy
         self.tau, self.reference = tau, reference
         self.model, self.clip, self.vae = core(self.nodes, "CheckpointLoaderSimple", ckpt_name=ckpt)[:3]
         self._prompts = {}
@@ -130,7 +131,7 @@ class Evaluator:
                         cfg=1.0, lam=0.02, prox="L1", eta=0.1, guidance_until=self.dual_steps,
                         scheduler="ddim_uniform").result[0]
         out = run("DragFusionDualBranchGuidedSampler", model=self.model, inversion=inversion, target=pos, task="drag",
-                  sampler_name="euler", w_edit=4.0, w_share=6.0, energy_scale=40.0, guidance_fraction=0.6,
+                  sampler_name="euler", w_edit=4.0, w_share=6.0, energy_scale=self.dual_energy, guidance_fraction=0.6,
                   kv_replace=True, points=points, mask=mask).result[0]
         return core(self.nodes, "VAEDecode", samples=out, vae=self.vae)[0]
 
@@ -297,6 +298,7 @@ def main(argv=None):
     ap.add_argument("--tau", type=float, default=2.0)
     ap.add_argument("--reference", default="mean", choices=["handle", "mean"])
     ap.add_argument("--layers", default="latent resolution", help="the capture's layer preset")
+    ap.add_argument("--dual-energy", type=float, default=40.0, help="energy_scale of the dual-branch drag (node default 40)")
     ap.add_argument("--dual-steps", type=int, default=20, help="DDIM steps of the dual-branch drag (PNI + sampler)")
     ap.add_argument("--out", default=os.path.join(REPO, "out", "shapedrag"))
     a = ap.parse_args(argv)
@@ -309,7 +311,7 @@ def main(argv=None):
         return 2
     t0 = time.time()
     report = evaluate(a.n, a.seed, methods, a.out, steps=a.steps, edit_step=a.edit_step, scheduler=a.scheduler,
-                      tau=a.tau, reference=a.reference, dual_steps=a.dual_steps, layers=a.layers)
+                      tau=a.tau, reference=a.reference, dual_steps=a.dual_steps, layers=a.layers, dual_energy=a.dual_energy)
     print(table(report))
     print(f"results: {a.out}/results.json and one PNG per method and sample ({time.time() - t0:.0f} s)")
     return 0
