@@ -1,6 +1,6 @@
 """ShapeDrag evaluation: MD and background fidelity of drag edits on the trained ShapeDrag model.
 
-    scripts/evaluate --shapedrag [--n 12] [--seed 0] [--methods none,copy,ad,ad-user,ad-nearest,ad-user-nearest,ad-nokv,ad-user-nokv,dual]
+    scripts/evaluate --shapedrag [--n 12] [--seed 0] [--methods none,copy,ad,...,ad-rigid,...,dual]
 
 Everything runs in this process through the real ComfyUI host and the pack's own nodes
 (tests/harness.py load_host / run_node): the samples are written in DragBench format into the
@@ -19,6 +19,9 @@ ComfyUI's KSamplerAdvanced from the edit step (euler = the DDIM step, add_noise 
   ad-nearest      AttentionDrag with nearest fill instead of attention    -- paper: w/o SBI
   ad-user-nearest without both                                            -- paper: baseline
   ad-nokv, ad-user-nokv   ad / ad-user without KV consistency in the regeneration
+  ad-rigid, ad-rigid-user, ad-rigid-nearest, ad-rigid-nokv
+                  the same with SemanticMove's 'rigid' movement (every mask cell moves by the whole drag)
+                  instead of the paper's Eq. 6 fraction A[cell] / A[handle] of it
   dual            VersaFusion's dual-branch drag: PNI Invert (`--dual-steps` DDIM steps of ddim_uniform, the
                   prompt as source and target) + Dual-Branch Guided Sampler (task drag, the sample's points
                   and mask, the node's defaults: w_edit 4, w_share 6, energy 40 (`--dual-energy`), 60 % guided, KV replace)
