@@ -40,11 +40,12 @@ def movement_field(rows: torch.Tensor, handle_idx: torch.Tensor, drags: torch.Te
     if rows.ndim == 3:
         rows = rows[None]
     s, b, p, n = rows.shape
-    idx = handle_idx.to(rows.device).view(1, 1, p, 1).expand(s, b, p, 1)
-    ref = rows.gather(3, idx).clamp_min(eps)                    # A_t,i[h_i]
-    ratio = (rows / ref).mean(0)                                # Eq. 6-7 without V: [B, P, N]
     if rigid:
-        ratio = torch.ones_like(ratio)
+        ratio = torch.ones_like(rows[0])                        # the whole drag: [B, P, N]
+    else:
+        idx = handle_idx.to(rows.device).view(1, 1, p, 1).expand(s, b, p, 1)
+        ref = rows.gather(3, idx).clamp_min(eps)                # A_t,i[h_i]
+        ratio = (rows / ref).mean(0)                            # Eq. 6-7 without V: [B, P, N]
     if p == 1:
         weights = torch.ones_like(ratio)
     else:
