@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 import harness  # noqa: E402
 
 SAMPLE = "dragbench-dev/animals/JH_2023-09-14-1820-16"
+NTI_CPU_MAX_SIZE = 256
 
 
 def load(args):
@@ -127,6 +128,11 @@ def main():
     ap.add_argument("--no-nti", action="store_true")
     ap.add_argument("--json", default=None, help="also write the rows (bench/_common.py format) to this file")
     args = ap.parse_args()
+    if not args.no_nti and not torch.cuda.is_available() and args.size > NTI_CPU_MAX_SIZE:
+        # the null-text anchor backpropagates through the UNet: at 512 that took > 24 GB of RAM (OOM-killed)
+        print(f"[pni] on CPU at {NTI_CPU_MAX_SIZE}x{NTI_CPU_MAX_SIZE} instead of {args.size}: the NTI anchor's "
+              f"backward pass does not fit in a 24 GB machine at {args.size} (--no-nti keeps the size)", flush=True)
+        args.size = NTI_CPU_MAX_SIZE
     model, latent, src, empty = load(args)
     import comfy.model_management
     x0 = latent["samples"]

@@ -29,9 +29,6 @@ import _common  # noqa: E402
 BENCHES = ("capture", "attentiondrag", "pni", "dual_branch")
 
 
-NTI_CPU_MAX_SIZE = 256
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default="dragfusion_tiny_sd15.safetensors",
@@ -48,13 +45,7 @@ def main(argv=None):
             raise SystemExit(f"unknown benchmark {name!r}; choose from {BENCHES}")
         with tempfile.TemporaryDirectory() as tmp:
             jpath = os.path.join(tmp, "rows.json")
-            size = a.size
-            if name == "pni" and not torch.cuda.is_available() and size > NTI_CPU_MAX_SIZE:
-                # its null-text anchor backpropagates through the UNet: at 512 that took > 24 GB of RAM (OOM-killed)
-                size = NTI_CPU_MAX_SIZE
-                print(f"[bench] pni on CPU at {size}x{size} instead of {a.size}: the NTI anchor's backward pass "
-                      f"does not fit in a 24 GB machine at {a.size}", flush=True)
-            cmd = [sys.executable, os.path.join(HERE, f"{name}.py"), "--ckpt", a.ckpt, "--size", str(size), "--json", jpath]
+            cmd = [sys.executable, os.path.join(HERE, f"{name}.py"), "--ckpt", a.ckpt, "--size", str(a.size), "--json", jpath]
             print(f"[bench] {' '.join(cmd[1:])}", flush=True)
             t0 = time.time()
             r = subprocess.run(cmd)
