@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import torch
 
-import comfy.model_management
-import comfy.patcher_extension
-from comfy.ldm.modules.attention import SpatialTransformer
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 
 from ..guidance.projection_bank import ProjectionBank, effective_projection
+from . import comfy_host as host
 
 WRAPPER_KEY = "dragfusion_attn_capture"
 
@@ -44,12 +41,12 @@ def self_attention_layers(diffusion_model) -> list:
 
     def transformers(module, block, number):
         for layer in module:
-            if isinstance(layer, Downsample):
+            if isinstance(layer, host.Downsample):
                 nonlocal level
                 level += 1
-            elif isinstance(layer, Upsample):
+            elif isinstance(layer, host.Upsample):
                 level -= 1
-            if isinstance(layer, SpatialTransformer):
+            if isinstance(layer, host.SpatialTransformer):
                 for i in range(len(layer.transformer_blocks)):
                     found.append((layer_key(block, number, i), level))
 
@@ -81,7 +78,7 @@ def attn1_module(diffusion_model, key: str):
     else:
         container = diffusion_model.middle_block
     for layer in container:
-        if isinstance(layer, SpatialTransformer):
+        if isinstance(layer, host.SpatialTransformer):
             return layer.transformer_blocks[index].attn1
     raise KeyError(f"no self-attention at {key}")
 
@@ -100,7 +97,7 @@ class SelfAttentionCapture:
     def __init__(self, layers, with_v: bool = False, store_device=None):
         self.layers = tuple(layers)
         self.with_v = bool(with_v)
-        self.store_device = store_device if store_device is not None else comfy.model_management.intermediate_device()
+        self.store_device = store_device if store_device is not None else host.intermediate_device()
         self.modules = {}
         self.reset()
 
@@ -151,8 +148,8 @@ class SelfAttentionCapture:
         if "attn1_patch" in patches:  # a re-install replaces an earlier capture instead of stacking it
             patches["attn1_patch"] = [p for p in patches["attn1_patch"] if not isinstance(p, SelfAttentionCapture)]
         model_patcher.set_model_attn1_patch(self)
-        model_patcher.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
-        model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, self.outer_sample_wrapper)
+        model_patcher.remove_wrappers_with_key(host.OUTER_SAMPLE, WRAPPER_KEY)
+        model_patcher.add_wrapper_with_key(host.OUTER_SAMPLE, WRAPPER_KEY, self.outer_sample_wrapper)
         return model_patcher
 
     def outer_sample_wrapper(self, executor, *args, **kwargs):

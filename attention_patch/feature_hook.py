@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from comfy.ldm.modules.diffusionmodules.openaimodel import Upsample
 
 from .kv_replace import CALL_KEY
+from . import comfy_host as host
 
 
 def decoder_feature_points(diffusion_model) -> list[int]:
@@ -29,7 +29,7 @@ def decoder_feature_points(diffusion_model) -> list[int]:
     levels of SD1.5: output blocks 5 and 8, i.e. entry ids 6 and 9), at most the last two. A UNet
     without upsamplers (the tiny test checkpoint) gives the first output block's output."""
     blocks = list(getattr(diffusion_model, "output_blocks", []) or [])
-    ends = [i + 1 for i, b in enumerate(blocks) if any(isinstance(layer, Upsample) for layer in b) and i + 1 < len(blocks)]
+    ends = [i + 1 for i, b in enumerate(blocks) if any(isinstance(layer, host.Upsample) for layer in b) and i + 1 < len(blocks)]
     if ends:
         return ends[-2:]
     return [1] if len(blocks) > 1 else []

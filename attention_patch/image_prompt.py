@@ -19,10 +19,10 @@ import re
 
 import torch
 
-from comfy.ldm.modules.attention import optimized_attention
 
 from ..guidance.errors import input_error
 from ..guidance.image_prompt_tokens import ImagePrompt
+from . import comfy_host as host
 
 BLOCK_NAMES = ("input", "output", "middle")
 
@@ -135,12 +135,12 @@ class ImagePromptAttn2:
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)
         else:
-            out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
+            out = host.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
                                       transformer_options=extra_options)
         if self.gamma == 0.0:
             return out
         k_img, v_img = self.batch_kv(q.shape[0], extra_options.get("cond_or_uncond"), q.device, q.dtype)
-        img = optimized_attention(q, k_img, v_img, heads, attn_precision=extra_options.get("attn_precision"),
+        img = host.optimized_attention(q, k_img, v_img, heads, attn_precision=extra_options.get("attn_precision"),
                                   transformer_options=extra_options)
         return out + self.gamma * img.to(out.dtype)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+from . import comfy_host as host
 
 
 def layer_triple(layer: str) -> tuple[str, int, int]:
@@ -62,19 +63,18 @@ class KVConsistencyPatch:
         return k, v
 
     def __call__(self, q, k, v, extra_options):
-        from comfy.ldm.modules import attention
 
         heads = extra_options["n_heads"]
         kwargs = dict(attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
         if self.strength <= 0.0:
-            return attention.optimized_attention(q, k, v, heads, **kwargs)
+            return host.optimized_attention(q, k, v, heads, **kwargs)
         sigmas = extra_options.get("sigmas")
         sigma = float(sigmas.reshape(-1)[0]) if torch.is_tensor(sigmas) else float(sigmas)
         ks, vs = self.saved_kv(sigma, q.shape[0], k.shape[1], q.device, q.dtype)
-        saved = attention.optimized_attention(q, ks, vs, heads, **kwargs)
+        saved = host.optimized_attention(q, ks, vs, heads, **kwargs)
         if self.strength >= 1.0:
             return saved
-        own = attention.optimized_attention(q, k, v, heads, **kwargs)
+        own = host.optimized_attention(q, k, v, heads, **kwargs)
         return torch.lerp(own, saved, self.strength)
 
 

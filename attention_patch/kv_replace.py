@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from comfy.ldm.modules import attention as comfy_attention
 
 from .capture import grid_at_level, parse_layer_key, self_attention_layers
+from . import comfy_host as host
 
 CALL_KEY = "dragfusion_dual_branch"
 KV_MODES = ("replace", "concat")
@@ -82,7 +82,7 @@ class KVReplacePatch:
     def plain(self, q, k, v, extra_options):
         if self.previous is not None:
             return self.previous(q, k, v, extra_options)
-        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
+        return host.optimized_attention(q, k, v, extra_options["n_heads"],
                                                    attn_precision=extra_options.get("attn_precision"),
                                                    transformer_options=extra_options)
 
@@ -120,7 +120,7 @@ class KVReplacePatch:
             if call.kv_mode == "concat":
                 ks.insert(0, chunk(k, i))
                 vs.insert(0, chunk(v, i))
-            out[i] = comfy_attention.optimized_attention(chunk(q, i), torch.cat(ks, dim=1), torch.cat(vs, dim=1),
+            out[i] = host.optimized_attention(chunk(q, i), torch.cat(ks, dim=1), torch.cat(vs, dim=1),
                                                          heads, **kw)
         return torch.cat(out, dim=0)
 

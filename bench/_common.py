@@ -92,7 +92,7 @@ def timed(fn, repeat: int = 1, warmup: bool = True):
     """(median seconds over ``repeat`` runs after one warm-up, PeakMemory of the last run, last result)."""
     if warmup:
         fn()
-    times, result, mem = [], None, None
+    times, result = [], None
     for _ in range(max(1, repeat)):
         if torch.cuda.is_available():
             torch.cuda.synchronize()

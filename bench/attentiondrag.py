@@ -78,7 +78,6 @@ def main():
     (pos,) = legacy(nodes, "CLIPTextEncode", clip=clip, text=prompt)
     (neg,) = legacy(nodes, "ConditioningZeroOut", conditioning=pos)
     (empty,) = legacy(nodes, "EmptyLatentImage", width=image.shape[2], height=image.shape[1], batch_size=1)
-    stages = {}
 
     def ksampler(m, lat, start, add_noise):
         return legacy(nodes, "KSamplerAdvanced", model=m, add_noise=add_noise, noise_seed=0, steps=STEPS, cfg=1.0,

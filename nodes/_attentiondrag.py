@@ -1,13 +1,12 @@
 """Input checks and conversions shared by the AttentionDrag nodes (not a node module)."""
 from __future__ import annotations
 
-import comfy.model_management
-import comfy.utils
 import torch
 import torch.nn.functional as F
 
 from ..guidance.attn_capture import AttnCapture
 from ..guidance.errors import input_error
+from ..attention_patch import comfy_host as host
 
 LATENT_FACTOR = 8
 
@@ -93,7 +92,7 @@ def cells_to_mask(cells: torch.Tensor, capture: AttnCapture) -> torch.Tensor:
     h, w = capture.latent_hw
     m = cells.reshape(-1, h, w).float()
     m = m.repeat_interleave(LATENT_FACTOR, 1).repeat_interleave(LATENT_FACTOR, 2)
-    return m.to(comfy.model_management.intermediate_device())
+    return m.to(host.intermediate_device())
 
 
 def check_latent(latent, capture: AttnCapture, node: str, input_name: str = "latent") -> torch.Tensor:
@@ -119,10 +118,10 @@ def output_latent(latent: dict, samples: torch.Tensor) -> dict:
 
 def rows_fn(capture: AttnCapture, steps: tuple, batch: int, reduce_steps: bool = True):
     """positions -> attention rows on ComfyUI's torch device, batch matched to ``batch``."""
-    device = comfy.model_management.get_torch_device()
+    device = host.torch_device()
 
     def f(positions: torch.Tensor) -> torch.Tensor:
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        host.throw_if_interrupted()
         r = capture.rows(positions, steps=steps, reduce_steps=reduce_steps, device=device)
         bdim = 0 if reduce_steps else 1
         if r.shape[bdim] != batch:
@@ -138,8 +137,8 @@ class Progress:
     """comfy ProgressBar driven by (done, total) callbacks; honours Cancel."""
 
     def __init__(self, total: int):
-        self.bar = comfy.utils.ProgressBar(max(1, total))
+        self.bar = host.ProgressBar(max(1, total))
 
     def __call__(self, done: int, total: int):
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        host.throw_if_interrupted()
         self.bar.update_absolute(done, max(1, total))

@@ -1,5 +1,4 @@
 """AutoMask: the editable region from the handles' self-attention (AttentionDrag Eq. 11-12)."""
-import torch
 from comfy_api.latest import io
 
 from ..guidance import automask

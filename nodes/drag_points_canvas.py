@@ -16,8 +16,6 @@ import hashlib
 import json
 import os
 
-import folder_paths
-import node_helpers
 import numpy as np
 import torch
 from comfy_api.latest import io
@@ -26,6 +24,7 @@ from PIL import Image, ImageOps
 from ..guidance.drag_points import DragPoints
 from ..guidance.errors import input_error
 from .types import CATEGORY_POINTS, DragPointsType
+from ..attention_patch import comfy_host as host
 
 NODE = "Drag Points"
 MASK_SUBFOLDER = "dragfusion_masks"
@@ -34,12 +33,12 @@ EMPTY_POINTS = '{"version": 1, "width": 0, "height": 0, "pairs": []}'
 
 def input_images() -> list:
     """Image files directly in ComfyUI's input folder, as core LoadImage lists them."""
-    input_dir = folder_paths.get_input_directory()
+    input_dir = host.input_directory()
     try:
         files = [f for f in os.listdir(input_dir) if os.path.isfile(os.path.join(input_dir, f))]
     except OSError:
         files = []
-    return sorted(folder_paths.filter_files_content_types(files, ["image"]))
+    return sorted(host.filter_files_content_types(files, ["image"]))
 
 
 def resolve_input_file(name: str, input_name: str) -> str:
@@ -47,7 +46,7 @@ def resolve_input_file(name: str, input_name: str) -> str:
     name = (name or "").strip()
     if not name:
         raise input_error(NODE, input_name, "empty; choose or upload an image")
-    base = os.path.realpath(folder_paths.get_input_directory())
+    base = os.path.realpath(host.input_directory())
     if name.endswith("[input]"):
         name = name[: -len("[input]")].strip()
     elif name.endswith("]") and "[" in name:
@@ -66,8 +65,8 @@ def resolve_input_file(name: str, input_name: str) -> str:
 def load_rgb(path: str) -> torch.Tensor:
     """-> IMAGE [1, H, W, 3] float 0..1 (first frame, EXIF orientation applied)."""
     try:
-        img = node_helpers.pillow(Image.open, path)
-        img = node_helpers.pillow(ImageOps.exif_transpose, img)
+        img = host.pillow(Image.open, path)
+        img = host.pillow(ImageOps.exif_transpose, img)
         if img.mode == "I":
             img = img.point(lambda v: v * (1 / 255))
         rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
@@ -82,7 +81,7 @@ def load_mask(name: str, width: int, height: int) -> torch.Tensor:
         return torch.zeros((1, height, width), dtype=torch.float32)
     path = resolve_input_file(name, "mask")
     try:
-        img = node_helpers.pillow(Image.open, path)
+        img = host.pillow(Image.open, path)
         img.load()
     except OSError as e:
         raise input_error(NODE, "mask", f"cannot read {name!r} as a PNG mask: {e}") from None
@@ -158,7 +157,7 @@ class DragPointsCanvas(io.ComfyNode):
         name = (image or "").strip()
         if not name:
             return f"{NODE}: input 'image': empty; choose or upload an image"
-        if not folder_paths.exists_annotated_filepath(name):
+        if not host.exists_annotated_filepath(name):
             return f"{NODE}: input 'image': no file {name!r} in ComfyUI's input folder"
         return True
 

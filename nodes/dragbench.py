@@ -2,7 +2,6 @@
 import json
 import os
 
-import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io
@@ -11,6 +10,7 @@ from PIL import Image, ImageOps
 from ..guidance.drag_points import DragPoints
 from ..guidance.errors import input_error
 from .types import CATEGORY_POINTS, DragPointsType
+from ..attention_patch import comfy_host as host
 
 NODE = "Load DragBench Sample"
 FORMATS = {
@@ -117,7 +117,7 @@ class LoadDragBenchSample(io.ComfyNode):
 
     @classmethod
     def execute(cls, sample, size):
-        path = safe_sample_dir(sample, folder_paths.get_input_directory())
+        path = safe_sample_dir(sample, host.input_directory())
         image, points, mask, prompt = load_sample(path, size)
         return io.NodeOutput(image, points, mask, prompt)
 

@@ -30,11 +30,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import comfy.model_management
-import comfy.patcher_extension
-import comfy.samplers
-import comfy.utils
-import latent_preview
 import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
@@ -51,6 +46,7 @@ from ..guidance.errors import input_error
 from ..guidance.inversion_data import Inversion
 from ..guidance.pni import PNIGuidance, pni_guided_denoised
 from .types import CATEGORY_VERSAFUSION, DragPointsType, ImagePromptType, InversionType
+from ..attention_patch import comfy_host as host
 
 GUIDER_NODE = "Dual-Branch Guider"
 SAMPLER_NODE = "Dual-Branch Guided Sampler"
@@ -96,7 +92,7 @@ def _check_settings(s: DualBranchSettings, node: str):
             raise input_error(node, name, msg)
 
 
-class DualBranchGuiderImpl(comfy.samplers.CFGGuider):
+class DualBranchGuiderImpl(host.CFGGuider):
     """The dual-branch sampler as a CFGGuider: run it with SamplerCustomAdvanced (DisableNoise, any
     sampler, PNI Invert's sigmas). Patches live on a clone of the model passed in."""
 
@@ -242,7 +238,7 @@ class DualBranchGuiderImpl(comfy.samplers.CFGGuider):
         chunks = []
         for label, xp, cond in parts:
             for entry in cond or []:
-                p = comfy.samplers.get_area_and_mult(entry, xp, timestep)
+                p = host.get_area_and_mult(entry, xp, timestep)
                 if p is None:
                     continue
                 if p.area is not None:
@@ -258,12 +254,12 @@ class DualBranchGuiderImpl(comfy.samplers.CFGGuider):
             raise input_error(self.node, "target", f"no active conditioning for {sorted(missing)} at this step")
         call.branches = labels
         input_x = torch.cat([p.input_x for _, p in chunks])
-        c = comfy.samplers.cond_cat([p.conditioning for _, p in chunks])
+        c = host.cond_cat([p.conditioning for _, p in chunks])
         timestep_ = torch.cat([timestep] * len(chunks))
-        model.current_patcher.prepare_state(timestep)
+        host.prepare_state(model.current_patcher, timestep, model_options)
         to = model.current_patcher.apply_hooks(hooks=None)
         if "transformer_options" in model_options:
-            to = comfy.patcher_extension.merge_nested_dicts(to, model_options["transformer_options"], copy_dict1=False)
+            to = host.merge_nested_dicts(to, model_options["transformer_options"], copy_dict1=False)
         cond_or_uncond = [0 if label == "gen_pos" else 1 for label in labels]
         to["cond_or_uncond"] = cond_or_uncond
         to["uuids"] = [p.uuid for _, p in chunks]
@@ -308,7 +304,7 @@ class DualBranchGuiderImpl(comfy.samplers.CFGGuider):
                                  s.alpha, s.beta, g.edit_mode, m_edit_src=g.m_gud)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        host.throw_if_interrupted()
         sigma = float(timestep.flatten()[0])
         i = self.pni_gen.step_index(timestep)
         i_low = i if i is not None else self._grid_below(sigma)
@@ -490,7 +486,7 @@ def _inputs(include_sampler: bool) -> list:
                                "style: reference; landmarks: landmarks_json or 68 canvas pairs."),
     ]
     if include_sampler:
-        ins.append(io.Combo.Input("sampler_name", options=list(comfy.samplers.SAMPLER_NAMES), default=DEFAULT_SAMPLER,
+        ins.append(io.Combo.Input("sampler_name", options=list(host.SAMPLER_NAMES), default=DEFAULT_SAMPLER,
                                   tooltip="Any ComfyUI sampler; euler / ddim are exactly DDIM (Algorithm 1's update)."))
     ins += [
         io.Float.Input("w_edit", default=4.0, min=0.0, max=100.0, step=0.1,
@@ -585,15 +581,15 @@ class DualBranchGuider(io.ComfyNode):
 
 def run_guider(guider: DualBranchGuiderImpl, sampler_name: str, node: str = SAMPLER_NODE) -> dict:
     """Sample the whole schedule with a ComfyUI sampler; returns a LATENT (output space)."""
-    if sampler_name not in comfy.samplers.SAMPLER_NAMES:
-        raise input_error(node, "sampler_name", f"{sampler_name!r} is not one of {comfy.samplers.SAMPLER_NAMES}")
-    sampler = comfy.samplers.sampler_object(sampler_name)
+    if sampler_name not in host.SAMPLER_NAMES:
+        raise input_error(node, "sampler_name", f"{sampler_name!r} is not one of {host.SAMPLER_NAMES}")
+    sampler = host.sampler_object(sampler_name)
     sigmas = guider.inversion.sigmas.clone()
     start = guider.start_latent()
-    callback = latent_preview.prepare_callback(guider.model_patcher, sigmas.shape[-1] - 1)
+    callback = host.prepare_callback(guider.model_patcher, sigmas.shape[-1] - 1)
     samples = guider.sample(torch.zeros_like(start), start, sampler, sigmas, callback=callback,
-                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=guider.settings.seed)
-    return {"samples": samples.to(comfy.model_management.intermediate_device())}
+                            disable_pbar=not host.progress_bar_enabled(), seed=guider.settings.seed)
+    return {"samples": samples.to(host.intermediate_device())}
 
 
 class DualBranchGuidedSampler(io.ComfyNode):

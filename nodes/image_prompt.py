@@ -11,6 +11,7 @@ from ..guidance.errors import input_error
 from ..guidance.image_prompt_tokens import ImagePrompt
 from ..guidance.image_prompt_weights import adapter_from_state_dict
 from .types import CATEGORY_VERSAFUSION, ImagePromptType
+from ..attention_patch import comfy_host as host
 
 ENCODER = "Image Prompt Encoder"
 APPLY = "Apply Image Prompt"
@@ -22,41 +23,36 @@ CLIP_ZERO_SIZE = 224
 
 def register_model_folder() -> None:
     """Register models/dragfusion_image_prompt (safetensors only); idempotent, no other side effect."""
-    import folder_paths
 
-    if FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[FOLDER] = ([os.path.join(folder_paths.models_dir, FOLDER)], set(EXTENSIONS))
+    if FOLDER not in host.folder_names_and_paths():
+        host.folder_names_and_paths()[FOLDER] = ([os.path.join(host.models_dir(), FOLDER)], set(EXTENSIONS))
 
 
 def _ipadapter_dirs() -> list[str]:
-    import folder_paths
 
-    if IPADAPTER_FOLDER in folder_paths.folder_names_and_paths:
-        return folder_paths.get_folder_paths(IPADAPTER_FOLDER)
-    return [os.path.join(folder_paths.models_dir, IPADAPTER_FOLDER)]
+    if IPADAPTER_FOLDER in host.folder_names_and_paths():
+        return host.get_folder_paths(IPADAPTER_FOLDER)
+    return [os.path.join(host.models_dir(), IPADAPTER_FOLDER)]
 
 
 def _safetensors_in(dirs: list[str]) -> list[str]:
-    import folder_paths
 
     names = set()
     for d in dirs:
-        files, _ = folder_paths.recursive_search(d, excluded_dir_names=[".git"])
+        files, _ = host.recursive_search(d, excluded_dir_names=[".git"])
         names.update(f.replace(os.sep, "/") for f in files if f.lower().endswith(EXTENSIONS))
     return sorted(names)
 
 
 def weight_files() -> list[str]:
-    import folder_paths
 
     register_model_folder()
-    own = [f for f in folder_paths.get_filename_list(FOLDER) if f.lower().endswith(EXTENSIONS)]
+    own = [f for f in host.get_filename_list(FOLDER) if f.lower().endswith(EXTENSIONS)]
     return sorted(own) + [f"{IPADAPTER_FOLDER}/{f}" for f in _safetensors_in(_ipadapter_dirs())]
 
 
 def resolve_weights(name: str, node: str = ENCODER, input_name: str = "weights") -> str:
     """A listed file name -> its path; anything that could leave the model folders is refused."""
-    import folder_paths
 
     register_model_folder()
     if not isinstance(name, str) or not name.strip():
@@ -67,7 +63,7 @@ def resolve_weights(name: str, node: str = ENCODER, input_name: str = "weights")
         raise input_error(node, input_name, f"{name!r} is not a file name inside the model folders ('..' and absolute paths are refused)")
     if not name.lower().endswith(EXTENSIONS):
         raise input_error(node, input_name, f"{name!r}: only .safetensors weights are loaded")
-    path = folder_paths.get_full_path(FOLDER, name)
+    path = host.get_full_path(FOLDER, name)
     if path is None and parts[0] == IPADAPTER_FOLDER and len(parts) > 1:
         rest = "/".join(parts[1:])
         for d in _ipadapter_dirs():
@@ -82,11 +78,10 @@ def resolve_weights(name: str, node: str = ENCODER, input_name: str = "weights")
 
 
 def load_adapter(name: str, node: str = ENCODER, input_name: str = "weights"):
-    import comfy.utils
 
     path = resolve_weights(name, node, input_name)
     try:
-        sd = comfy.utils.load_torch_file(path, safe_load=True)
+        sd = host.load_safetensors(path)
     except Exception as e:  # the safetensors reader's errors have no common type
         raise input_error(node, input_name, f"cannot read {name!r} as safetensors ({type(e).__name__}: {e}); "
                           "the file is missing, truncated or not a safetensors file") from None
@@ -143,7 +138,6 @@ class ImagePromptEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_vision_output, weights, reference=None, clip_vision=None):
-        import comfy.model_management as mm
 
         adapter = load_adapter(weights, ENCODER, "weights")
         width = adapter.cfg.clip_dim
@@ -152,7 +146,7 @@ class ImagePromptEncoder(io.ComfyNode):
         zero = zero_image_tokens(clip_vision, src)
         if zero.shape[-1] != width:
             raise input_error(ENCODER, "clip_vision", f"this CLIP vision model gives {zero.shape[-1]}-wide tokens, the weights expect {width}")
-        device, out_device = mm.get_torch_device(), mm.intermediate_device()
+        device, out_device = host.torch_device(), host.intermediate_device()
         adapter = adapter.to(device)
         with torch.no_grad():
             run = lambda t: adapter.encoder(t.to(device=device, dtype=torch.float32)).to(out_device)

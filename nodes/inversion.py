@@ -20,18 +20,13 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-import comfy.model_management
-import comfy.model_sampling
-import comfy.samplers
-import comfy.supported_models
-import comfy.utils
-from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..attention_patch.capture import SelfAttentionCapture, grid_at_level, self_attention_layers
 from ..guidance.attn_capture import AttnCapture
 from ..guidance.ddim_inversion import ddim_invert, inversion_sigmas
 from ..guidance.errors import input_error
 from .types import CATEGORY_ATTENTIONDRAG, AttnCaptureType, DragPointsType
+from ..attention_patch import comfy_host as host
 
 NODE = "Inversion with Attention Capture"
 PRESETS = ["latent resolution", "decoder at latent resolution", "decoder", "all", "custom"]
@@ -49,11 +44,11 @@ def check_model(model) -> None:
         sampling = model.get_model_object("model_sampling")
     except AttributeError:
         sampling = None
-    ok = (isinstance(config, comfy.supported_models.SD15) and isinstance(unet, UNetModel)
+    ok = (isinstance(config, host.SD15) and isinstance(unet, host.UNetModel)
           and getattr(unet, "in_channels", None) == 4
-          and isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete)
-          and isinstance(sampling, comfy.model_sampling.EPS)
-          and not isinstance(sampling, (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.X0)))
+          and isinstance(sampling, host.ModelSamplingDiscrete)
+          and isinstance(sampling, host.EPS)
+          and not isinstance(sampling, (host.V_PREDICTION, host.X0)))
     if not ok:
         what = f"{type(config).__name__} model, {getattr(unet, 'in_channels', '?')} input channels, {type(sampling).__name__} sampling"
         raise input_error(NODE, "model", f"this model is not supported ({what}); supported are {SUPPORTED}")
@@ -155,7 +150,7 @@ def _inversion_sampler(model, x, sigmas, extra_args=None, callback=None, disable
     step_sigmas = record.setdefault("step_sigmas", {})
 
     def on_step(j, s):
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        host.throw_if_interrupted()
         step_sigmas[j] = float(s)
         if capture is not None:
             capture.set_step(j if j in capture_steps else None, s)
@@ -185,14 +180,14 @@ def run_inversion(model, latent, steps, edit_step, scheduler="normal", cfg=1.0, 
     if not (isinstance(edit_step, int) and 0 <= edit_step < steps):
         raise input_error(NODE, "edit_step", f"{edit_step!r} must be in 0..{steps - 1} (less than steps = {steps}); "
                           "sampling resumes at this step of the schedule")
-    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        raise input_error(NODE, "scheduler", f"unknown scheduler {scheduler!r}; choose one of {comfy.samplers.SCHEDULER_NAMES}")
+    if scheduler not in host.SCHEDULER_NAMES:
+        raise input_error(NODE, "scheduler", f"unknown scheduler {scheduler!r}; choose one of {host.SCHEDULER_NAMES}")
     if not (cfg > 0):
         raise input_error(NODE, "cfg", f"{cfg} must be > 0 (1.0 = no classifier-free guidance)")
     if points is not None:
         check_points(points, latent_hw)
     sampling = model.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).detach().to("cpu", torch.float32)
+    sigmas = host.calculate_sigmas(sampling, scheduler, steps).detach().to("cpu", torch.float32)
     if len(sigmas) != steps + 1 or float(sigmas[-1]) != 0.0:
         raise input_error(NODE, "scheduler", f"the {scheduler!r} schedule did not give {steps} steps ending at sigma 0")
     n_inv = steps - edit_step
@@ -214,19 +209,19 @@ def run_inversion(model, latent, steps, edit_step, scheduler="normal", cfg=1.0, 
     if negative is None:
         negative = zero_conditioning(model, positive)
 
-    guider = comfy.samplers.CFGGuider(m)
+    guider = host.CFGGuider(m)
     guider.set_conds(positive, negative)
     guider.set_cfg(float(cfg))
     record = {}
-    progress = comfy.utils.ProgressBar(n_inv)
-    sampler = comfy.samplers.KSAMPLER(_inversion_sampler, extra_options=dict(
+    progress = host.ProgressBar(n_inv)
+    sampler = host.KSAMPLER(_inversion_sampler, extra_options=dict(
         sigma_min=float(sampling.sigma_min), capture=capture, capture_steps=cap_steps,
         record=record, progress=progress))
     up = inversion_sigmas(sigmas, edit_step)
     noise = torch.zeros_like(samples, device="cpu")
     with torch.no_grad():  # the executor runs nodes in inference mode; scripts calling this may not
         out = guider.sample(noise, samples, sampler, up, disable_pbar=True, seed=0)
-    inter = comfy.model_management.intermediate_device()
+    inter = host.intermediate_device()
     result = dict(latent)
     result["samples"] = out.to(inter)
     if capture is None:
@@ -265,7 +260,7 @@ class InvertWithAttentionCapture(io.ComfyNode):
                 io.Int.Input("edit_step", default=5, min=0, max=MAX_STEPS - 1,
                              tooltip="Invert up to this step of the schedule (the paper: 5); must be less than steps. "
                                      "Resume with start_at_step = edit_step. The inversion makes steps - edit_step UNet calls."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
+                io.Combo.Input("scheduler", options=list(host.SCHEDULER_NAMES), default="normal",
                                tooltip="ComfyUI scheduler of the schedule; use the same one when resuming. With LCM models 'simple' or 'sgm_uniform'."),
                 io.Float.Input("cfg", default=1.0, min=0.01, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance during the inversion; 1.0 = none (as in the paper) and one UNet batch per step."),

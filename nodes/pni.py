@@ -9,12 +9,6 @@ euler or ddim sampler and the sigmas output of PNI Invert: then it is Algorithm 
 """
 from __future__ import annotations
 
-import comfy.model_management
-import comfy.model_sampling
-import comfy.sample
-import comfy.samplers
-import comfy.supported_models
-import comfy.utils
 import torch
 from comfy_api.latest import io
 
@@ -22,6 +16,7 @@ from ..guidance.errors import input_error
 from ..guidance.inversion_data import PROX_MODES, Inversion
 from ..guidance.ddim_inversion import ddim_invert
 from .types import CATEGORY_VERSAFUSION, InversionType
+from ..attention_patch import comfy_host as host
 
 INVERT = "PNI Invert"
 GUIDER = "PNI Guider"
@@ -31,21 +26,21 @@ DEFAULT_SCHEDULER = "ddim_uniform"
 def check_eps_model(model, node: str):
     """PNI's DDIM math needs an epsilon-prediction model in sigma space (SD1.5 family, LCM included)."""
     ms = model.get_model_object("model_sampling")
-    wrong = (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.X0, comfy.model_sampling.CONST)
-    if not isinstance(ms, comfy.model_sampling.EPS) or isinstance(ms, wrong):
+    wrong = (host.V_PREDICTION, host.X0, host.CONST)
+    if not isinstance(ms, host.EPS) or isinstance(ms, wrong):
         raise input_error(node, "model", f"needs an epsilon-prediction model of the SD1.5 family; this one samples "
                                          f"with {type(ms).__name__} (v-prediction, x0 and flow models are not supported)")
     config = getattr(getattr(model, "model", None), "model_config", None)
-    if not isinstance(config, comfy.supported_models.SD15):
+    if not isinstance(config, host.SD15):
         raise input_error(node, "model", f"needs a model of the SD1.5 family (SD1.5, its fine-tunes, LCM); this one is "
                                          f"{type(config).__name__} (SD2, SDXL and other families are not supported)")
     return ms
 
 
 def schedule(model, scheduler: str, steps: int, node: str = INVERT) -> torch.Tensor:
-    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        raise input_error(node, "scheduler", f"{scheduler!r} is not one of {comfy.samplers.SCHEDULER_NAMES}")
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu().float()
+    if scheduler not in host.SCHEDULER_NAMES:
+        raise input_error(node, "scheduler", f"{scheduler!r} is not one of {host.SCHEDULER_NAMES}")
+    sigmas = host.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu().float()
     # (ComfyUI's ddim_uniform gives one step more for step counts that do not divide 1000 evenly, as in KSampler)
     if len(sigmas) < 2 or not bool((sigmas[1:] < sigmas[:-1]).all()) or float(sigmas[-1]) != 0.0:
         raise input_error(node, "scheduler", f"{scheduler!r} with {steps} steps does not give strictly descending "
@@ -59,19 +54,19 @@ class _TrajectoryRecorder:
 
     def __init__(self, steps: int):
         self.trajectory: list[torch.Tensor] = []
-        self.pbar = comfy.utils.ProgressBar(steps)
+        self.pbar = host.ProgressBar(steps)
 
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = {} if extra_args is None else extra_args
         s_in = x.new_ones([x.shape[0]])
-        keep = comfy.model_management.intermediate_device()
+        keep = host.intermediate_device()
         sigma_min = float(model.inner_model.inner_model.model_sampling.sigma_min)
 
         def denoise(z, sigma):
             return model(z, sigma * s_in, **extra_args)
 
         def on_step(j, sigma):
-            comfy.model_management.throw_exception_if_processing_interrupted()
+            host.throw_if_interrupted()
             if j > 0:
                 self.pbar.update(1)
 
@@ -85,14 +80,14 @@ def ddim_invert_with_comfy(model, latent_image: torch.Tensor, cond, sigmas: torc
     """DDIM inversion (cfg 1, ``cond``) along descending ``sigmas`` via CFGGuider + KSAMPLER.
 
     Returns (z_T in output space, trajectory in model space aligned with ``sigmas``: z*_T first)."""
-    guider = comfy.samplers.CFGGuider(model)
+    guider = host.CFGGuider(model)
     guider.set_conds(cond, cond)  # cfg 1: the negative is never evaluated
     guider.set_cfg(1.0)
     recorder = _TrajectoryRecorder(len(sigmas) - 1)
-    sampler = comfy.samplers.KSAMPLER(recorder)
+    sampler = host.KSAMPLER(recorder)
     noise = torch.zeros(latent_image.shape, dtype=latent_image.dtype, device="cpu")
     z_T = guider.sample(noise, latent_image, sampler, sigmas.flip(0), disable_pbar=True, seed=seed)
-    z_T = z_T.to(comfy.model_management.intermediate_device())
+    z_T = z_T.to(host.intermediate_device())
     return z_T, tuple(recorder.trajectory[::-1])
 
 
@@ -129,7 +124,7 @@ class PNIInvert(io.ComfyNode):
                 io.Int.Input("guidance_until", default=50, min=0, max=1000,
                              tooltip="Inversion guidance applies to sampling steps 0 .. guidance_until-1 (step 0 is the "
                                      "noisiest). 0 = none; steps or more = every step."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default=DEFAULT_SCHEDULER,
+                io.Combo.Input("scheduler", options=list(host.SCHEDULER_NAMES), default=DEFAULT_SCHEDULER,
                                tooltip="ComfyUI scheduler for the sigmas (ddim_uniform = the DDIM timesteps of the paper)."),
             ],
             outputs=[
@@ -144,8 +139,8 @@ class PNIInvert(io.ComfyNode):
         # listing these four here turns off the host's own min/max/options checks for them only
         if prox is not None and prox not in PROX_MODES:
             return f"{INVERT}: input 'prox': {prox!r} is not one of {PROX_MODES}"
-        if scheduler is not None and scheduler not in comfy.samplers.SCHEDULER_NAMES:
-            return f"{INVERT}: input 'scheduler': {scheduler!r} is not one of {comfy.samplers.SCHEDULER_NAMES}"
+        if scheduler is not None and scheduler not in host.SCHEDULER_NAMES:
+            return f"{INVERT}: input 'scheduler': {scheduler!r} is not one of {host.SCHEDULER_NAMES}"
         if steps is not None and not 1 <= steps <= 1000:
             return f"{INVERT}: input 'steps': {steps} must lie in 1..1000"
         if guidance_until is not None and guidance_until < 0:
@@ -167,7 +162,7 @@ class PNIInvert(io.ComfyNode):
                 raise input_error(INVERT, name, msg)
         if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
             raise input_error(INVERT, "latent", "expected a LATENT (a dict with 'samples')")
-        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+        samples = host.fix_empty_latent_channels(model, latent["samples"])
         if samples.ndim != 4 or torch.count_nonzero(samples) == 0:
             raise input_error(INVERT, "latent", f"expected the VAE encoding of an image (a non-empty 4-D latent), got shape "
                                                 f"{tuple(samples.shape)}{' of zeros' if samples.ndim == 4 else ''}")
@@ -188,7 +183,7 @@ class PNIInvert(io.ComfyNode):
         return io.NodeOutput(inversion, out, sigmas.clone())
 
 
-class PNIGuiderImpl(comfy.samplers.CFGGuider):
+class PNIGuiderImpl(host.CFGGuider):
     """Proximal negative-prompt sampling from an INVERSION (Algorithm 1, lines 3-13).
 
     conds: "positive" = the target prompt, "negative" = the source prompt stored in the inversion. Per step
@@ -235,7 +230,7 @@ class PNIGuiderImpl(comfy.samplers.CFGGuider):
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         target, source = self.conds.get("positive", None), self.conds.get("negative", None)
         conds = [target, source]
-        out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        out = host.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
         for fn in model_options.get("sampler_pre_cfg_function", []):
             out = fn({"conds": conds, "conds_out": out, "cond_scale": self.cfg, "timestep": timestep, "input": x,
                       "sigma": timestep, "model": self.inner_model, "model_options": model_options})

@@ -1,11 +1,11 @@
 """SemanticMove: move latent cells along the drag, weighted by the handles' attention (Eq. 5-9)."""
-import comfy.model_management
 from comfy_api.latest import io
 
 from ..guidance import automask, movement
 from ..guidance.errors import input_error
 from . import _attentiondrag as ad
 from .types import CATEGORY_ATTENTIONDRAG, AttnCaptureType, DragPointsType
+from ..attention_patch import comfy_host as host
 
 NODE = "AttentionDrag Semantic Move"
 MOVEMENTS = ("attention ratio (Eq. 6)", "rigid")
@@ -66,7 +66,7 @@ class SemanticMove(io.ComfyNode):
                                             "use reference 'mean', a lower tau, or a mask of your own")
         h, w = capture.latent_hw
         handles = automask.handle_cells(pairs, h, w)
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        host.throw_if_interrupted()
         rows = ad.rows_fn(capture, step_list, b, reduce_steps=False)(handles).to(z.device)  # [S, B, P, N]
         moved, blank, _ = movement.semantic_move(z, rows, handles, movement.drag_vectors(pairs), cells.to(z.device),
                                                 rigid=movement_mode == "rigid")

@@ -120,7 +120,8 @@ def pool_init(torch, vae):
     with torch.no_grad():
         for m in list(enc) + list(dec):
             if isinstance(m, Block):
-                m.conv[4].weight.zero_(); m.conv[4].bias.zero_()
+                m.conv[4].weight.zero_()
+                m.conv[4].bias.zero_()
         def ident(conv, taps, scale=1.0, bias=None):
             w = conv.weight
             for c in range(3):
@@ -144,7 +145,8 @@ def pool_init(torch, vae):
         # decoder
         first = dec[1]
         for c in range(3):
-            first.weight[c].zero_(); first.weight[c, c, 1, 1] = 1.0
+            first.weight[c].zero_()
+            first.weight[c, c, 1, 1] = 1.0
         first.bias[:3] = 1.0
         for k in (7, 12, 17):
             ident(dec[k], [(1, 1)])

@@ -6,7 +6,6 @@ each tab reloaded only when a test needs the other node mode.
 """
 import os
 import sys
-import time
 
 import pytest
 

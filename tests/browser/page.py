@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 import urllib.request
 
 import harness

@@ -3,14 +3,12 @@ driven with real mouse and keyboard events in headless Chromium."""
 import io
 import itertools
 import json
-import time
 import urllib.parse
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from conftest import ALL_UI, SAMPLE_NAME, save_screenshot
+from conftest import SAMPLE_NAME, save_screenshot
 
 NODE = "DragFusionDragPoints"
 RUNS = itertools.count(1)

@@ -3,7 +3,6 @@
 Part 1 uses a hand-built ATTN_CAPTURE (queries and keys with a known attention structure) so the
 nodes' answers are known exactly. Part 2 runs the real capture on the tiny checkpoint.
 """
-import math
 
 import pytest
 import torch

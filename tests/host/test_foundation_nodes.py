@@ -1,5 +1,4 @@
 """The first nodes, executed in the real ComfyUI imported in-process."""
-import os
 
 import pytest
 import torch

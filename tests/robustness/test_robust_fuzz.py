@@ -7,7 +7,6 @@ import json
 import math
 import pkgutil
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 

@@ -4,7 +4,6 @@ refused with our ValueError naming the node and the input. Over HTTP (what the s
 in-process (the Image Prompt Encoder node itself: over HTTP it needs a real CLIP vision model upstream)."""
 import ast
 import os
-import pickle
 
 import pytest
 import torch

@@ -1,10 +1,8 @@
 """Against the real server over HTTP: cancel mid-edit, determinism, and 50 queued edits (load)."""
-import io
 import json
 import time
 
 import psutil
-import pytest
 
 import harness
 import robust_files as rf

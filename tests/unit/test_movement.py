@@ -105,7 +105,6 @@ def test_two_pairs_pulling_apart():
 
 
 def test_collisions_keep_the_most_attended_source():
-    h, w = 1, 6
     z = torch.arange(6, dtype=torch.float32).view(1, 1, 1, 6) + 10
     v = torch.zeros(1, 6, 2)
     v[0, 0, 0] = 3.0   # 0 -> 3
