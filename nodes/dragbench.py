@@ -18,6 +18,10 @@ FORMATS = {
     "DragBench": ("original_image.png", "drag_instruction.json"),
     "Drag100": ("original.jpg", "points.json"),
 }
+# The pack's own samples (data/, Apache-2.0): "dragfusion_data/..." falls back to them when ComfyUI's
+# input folder has no such folder (an install by git clone into custom_nodes/, without scripts/setup)
+PACK_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+BUNDLED_PREFIX = "dragfusion_data"
 SIZES = ("original", "fit 512 (multiple of 8)", "fit 768 (multiple of 8)", "fit 256 (multiple of 8)",
          "fit 128 (multiple of 8)")
 
@@ -36,6 +40,22 @@ def safe_sample_dir(sample: str, base: str) -> str:
     if not os.path.isdir(path):
         raise input_error(NODE, "sample", f"no folder {sample!r} in ComfyUI's input folder ({base})")
     return path
+
+
+def resolve_sample(sample: str, input_dir: str) -> str:
+    """The sample folder inside ComfyUI's input folder, else (for ``dragfusion_data/...``) inside the
+    pack's own data/ folder."""
+    try:
+        return safe_sample_dir(sample, input_dir)
+    except ValueError:
+        parts = (sample or "").strip().replace("\\", "/").split("/")
+        if parts[0] != BUNDLED_PREFIX or len(parts) < 2 or not os.path.isdir(PACK_DATA):
+            raise
+        try:
+            return safe_sample_dir("/".join(parts[1:]), PACK_DATA)
+        except ValueError:
+            pass
+        raise
 
 
 def detect_format(path: str) -> str:
@@ -117,7 +137,7 @@ class LoadDragBenchSample(io.ComfyNode):
 
     @classmethod
     def execute(cls, sample, size):
-        path = safe_sample_dir(sample, host.input_directory())
+        path = resolve_sample(sample, host.input_directory())
         image, points, mask, prompt = load_sample(path, size)
         return io.NodeOutput(image, points, mask, prompt)
 

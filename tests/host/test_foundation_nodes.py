@@ -90,3 +90,19 @@ def test_every_node_has_tooltips(host):
             for name, spec in info["input"].get(section, {}).items():
                 opts = spec[1] if len(spec) > 1 else {}
                 assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_bundled_samples_without_the_input_link(host, tmp_path):
+    """A user's clone in custom_nodes/ without scripts/setup: 'dragfusion_data/...' comes from the pack's data/."""
+    import dragfusion.nodes.dragbench as db
+    empty_input = str(tmp_path)
+    path = db.resolve_sample(SAMPLE, empty_input)
+    assert path == db.os.path.join(db.PACK_DATA, "dragbench-dev", "animals", "JH_2023-09-14-1820-16")
+    image, pts, _, prompt = db.load_sample(path)
+    assert image.shape == (1, 512, 512, 3) and prompt == "a photo of a dog"
+    with pytest.raises(ValueError, match="no folder 'dragfusion_data/no_such'"):
+        db.resolve_sample("dragfusion_data/no_such", empty_input)
+    with pytest.raises(ValueError, match="without '..'"):
+        db.resolve_sample("dragfusion_data/../../etc", empty_input)
+    with pytest.raises(ValueError, match="no folder 'other/x'"):  # only the pack's own prefix falls back
+        db.resolve_sample("other/x", empty_input)
