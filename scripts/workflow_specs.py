@@ -114,6 +114,29 @@ SPECS["drag_points_canvas.json"] = (DRAG_POINTS_CANVAS, [
     "This example expects dragfusion_sample.png in the input folder (any image works: choose yours and place "
     "the points again)."])
 
+# The first-minute workflow: your own photo on the Drag Points canvas drives the full AttentionDrag edit.
+def _canvas_source(spec: list) -> list:
+    """AttentionDrag with node 3 = the Drag Points canvas (image, points, mask) and a typed prompt."""
+    out = []
+    for n in spec:
+        n = {**n, "links": dict(n.get("links", {}))}
+        if n["id"] == 3:
+            n = {**DRAG_POINTS_CANVAS[0], "id": 3, "pos": [50, 450]}
+        elif n["id"] == 4:
+            n["links"].pop("text")
+            n["widgets"] = {"text": "a photo"}
+            n["title"] = "prompt (what the photo shows)"
+        out.append(n)
+    return out
+
+
+SPECS["attention_drag_canvas.json"] = (_canvas_source(ATTENTION_DRAG), [
+    "AttentionDrag on your own photo: in Drag Points, choose or upload the photo, click a handle then its target "
+    "(as many pairs as you like), paint the region that may change (optional: the automatic mask is united with "
+    "it), type what the photo shows in the prompt, pick your SD1.5-family checkpoint, Queue. The rest is the "
+    "attention_drag example: LCM schedule, 10 steps, edit at step 5, no CFG. The saved image shows "
+    "original | arrows | mask | result."])
+
 # PNI (issue 6): invert a real photo with its own prompt, edit it with a target prompt through the PNI Guider.
 PNI_EDIT = [
     {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100],
