@@ -3,7 +3,10 @@ the pack's own nodes; saves every output and writes an HTML report with an image
 summary table. Computes MD (DIFT on an SD-2.1 checkpoint) and 1-LPIPS when their weights are in
 ComfyUI's model folders, says which file is missing otherwise, and always reports time per point.
 
-    scripts/evaluate ../shared/data/dragbench-dev [--subset 4] [--ckpt NAME] [--dift-ckpt NAME]
+    scripts/evaluate data/dragbench-dev [--subset 4] [--ckpt NAME] [--dift-ckpt NAME]
+
+FOLDER is any DragBench- or Drag100-format folder: the repository's own samples (data/dragbench-dev,
+data/drag100), or optionally a larger set such as ../shared/data/dragbench-dev (20 samples) where present.
 """
 from __future__ import annotations
 

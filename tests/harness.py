@@ -19,7 +19,7 @@ import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR") or os.path.join(REPO, ".host", "ComfyUI")
-DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+DATA = os.path.join(REPO, "data")   # the repository's own DragBench / Drag100 samples (data/README.md)
 TINY_CKPT = "dragfusion_tiny_sd15.safetensors"
 PACK_PREFIX = "DragFusion"
 
@@ -199,9 +199,13 @@ def execution_error(history: dict) -> dict | None:
 
 
 def ensure_data_link(comfyui_dir: str = COMFYUI_DIR) -> str:
-    """The shared data, visible in the host's input folder as dragfusion_data/."""
+    """The repository's data/, visible in the host's input folder as dragfusion_data/ (as scripts/setup
+    links it). A link pointing elsewhere (e.g. an old link to the shared data) is replaced; a real
+    folder of that name is left alone."""
     link = os.path.join(comfyui_dir, "input", "dragfusion_data")
-    if not os.path.exists(link) and os.path.isdir(DATA):
+    if os.path.islink(link) and os.path.realpath(link) != os.path.realpath(DATA):
+        os.unlink(link)
+    if not os.path.lexists(link):
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(DATA, link)
     return link

@@ -53,13 +53,12 @@ def fidelity(result: np.ndarray, original: np.ndarray, keep: np.ndarray) -> tupl
     return psnr, ssim
 
 
-def score(result: np.ndarray, original: np.ndarray, meta: dict) -> dict:
-    """result, original: float [H, W, 3] in [0, 1]; meta: dataset.load_meta(). -> metrics dict."""
+def drag_distance(result: np.ndarray, original: np.ndarray, meta: dict) -> dict:
+    """MD alone (numpy only): -> {md, md0 (= |target - handle|), lost, end (the handle's new position),
+    seg (the object's pixels in the result)}."""
     o = meta["obj"]
-    size = original.shape[0]
     hx, hy = meta["handle"]
     tx, ty = meta["target"]
-    dx, dy = meta["drag"]
     seg0 = segment(original, o.hue)
     seg1 = segment(result, o.hue)
     c0, c1 = centroid(seg0), centroid(seg1)
@@ -71,6 +70,16 @@ def score(result: np.ndarray, original: np.ndarray, meta: dict) -> dict:
     else:
         end = (hx + c1[0] - c0[0], hy + c1[1] - c0[1])
         md = math.hypot(end[0] - tx, end[1] - ty)
+    return dict(md=md, md0=d0, lost=bool(lost), end=end, seg=seg1)
+
+
+def score(result: np.ndarray, original: np.ndarray, meta: dict) -> dict:
+    """result, original: float [H, W, 3] in [0, 1]; meta: dataset.load_meta(). -> metrics dict."""
+    o = meta["obj"]
+    size = original.shape[0]
+    dx, dy = meta["drag"]
+    d = drag_distance(result, original, meta)
+    md, d0, lost, end, seg1 = d["md"], d["md0"], d["lost"], d["end"], d["seg"]
     obj = scenes.object_mask(o, size)
     moved = scenes.object_mask(o.moved(dx, dy), size)
     inter, union = (seg1 & moved).sum(), (seg1 | moved).sum()
