@@ -18,7 +18,7 @@ SPECS = {
     "preview_drag_points.json": (PREVIEW_DRAG_POINTS, [
         "DragFusion: load a DragBench sample (image, drag instruction, mask) and draw its numbered "
         "handle -> target arrows with the editable region tinted. The sample path is relative to "
-        "ComfyUI's input folder; scripts/setup links the shared data there as dragfusion_data/."]),
+        "ComfyUI's input folder; scripts/setup links the pack's own data/ there as dragfusion_data/ (and the node finds it in the pack without the link)."]),
 }
 
 # AttentionDrag (paper defaults: LCM schedule, 10 steps, edit at step 5, no CFG, tau 2.0).

@@ -61,7 +61,7 @@ def _env(fe: str, browser) -> Env:
         pytest.skip(f"frontend {fe} is not installed: run scripts/setup "
                     "(it installs comfyui-frontend-package==1.58.1 into .host/frontend-1.58.1)")
     if not os.path.isfile(P.SAMPLE_IMAGE):
-        pytest.skip(f"DragBench sample image not found at {P.SAMPLE_IMAGE} (shared data)")
+        pytest.skip(f"DragBench sample image not found at {P.SAMPLE_IMAGE} (the repository's data/)")
     if fe == "host":
         fs = P.FrontendServer(root).start()
         try:
