@@ -7,8 +7,8 @@
 The real ComfyUI host is imported in-process on the CPU (tests/harness.py ``load_host``) and the pack's nodes
 run as the executor runs them. Models: the trained ShapeDrag checkpoint (``dragfusion_shapedrag.safetensors``,
 procedural shapes at 128x128; assembled by scripts/setup) on one ShapeDrag scene, and no model at all for the
-point nodes, which draw on DragBench's dog photo (../shared/data). ``side_by_side.png`` is docs/demo.png
-(the Side by Side node's output in scripts/demo) made smaller, ``drag_points_canvas.png`` a crop of the
+point nodes, which draw on DragBench's dog photo (the repository's data/). ``side_by_side.png`` is
+docs/demo_shapedrag.png (the Side by Side node's output in scripts/demo) made smaller, ``drag_points_canvas.png`` a crop of the
 browser test's screenshot of the canvas in frontend 1.32.9. The image-prompt nodes have no picture-making
 model here (no CLIP vision weights), so theirs is a diagram drawn with PIL.
 
@@ -37,7 +37,7 @@ MAX_BYTES = 80_000
 DOG = "dragfusion_data/dragbench-dev/animals/JH_2023-09-14-1820-16"   # DragBench's dog (the node's default)
 SCREENSHOT = os.path.join(REPO, "tests", "browser", "screenshots", "drag_points-1.32.9-classic.png")
 CANVAS_BOX = (318, 104, 712, 616)          # the Drag Points node in that 1400x950 screenshot
-DEMO = os.path.join(REPO, "docs", "demo.png")
+DEMO = os.path.join(REPO, "docs", "demo_shapedrag.png")
 SHAPE_SEED, SHAPE_INDEX = 0, 3             # the ShapeDrag scene (bench/shapedrag/dataset.make_sample)
 SHAPE_DIR = "dragfusion_docs"              # where that scene is written, inside ComfyUI's input folder
 SHAPE_PANEL = 150                          # ShapeDrag panels (128 px images, shown a little larger)
@@ -346,8 +346,8 @@ def pic_kv():
 def pic_side_by_side():
     demo = Image.open(DEMO).convert("RGB")
     save(strip([(demo, "")], (640, 160), label_size=0,
-               caption="scripts/demo: DragBench's dog, 512x512, on the ShapeDrag model (it knows only shapes, "
-                       "so the photo becomes smooth blobs)."),
+               caption="scripts/demo on the ShapeDrag model: a generated scene (128x128), the cyan ellipse "
+                       "dragged 33 px; original | arrows | mask | result."),
          "side_by_side.png")
 
 
