@@ -50,13 +50,16 @@ def load_host():
     from comfy.cli_args import args
     args.cpu = True
     import comfy.model_management  # noqa: F401  (after args.cpu)
+    # main.py imports the server (and with it ComfyUI's utils/ package) before nodes.py puts comfy/ first
+    # on sys.path; in that order 'utils' stays the package and comfy_extras/nodes_images.py imports
+    import utils.install_util  # noqa: F401
     import nodes
     # In a thread of its own: the browser tests' playwright keeps an event loop running in this one.
     failure = []
 
     def init():
         try:
-            asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+            _HOST["import_failed"] = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
         except BaseException as e:  # re-raised below, in the caller's thread
             failure.append(e)
 

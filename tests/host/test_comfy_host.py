@@ -61,3 +61,9 @@ def test_attention_is_looked_up_at_call_time(host):
         assert h.optimized_attention(1, 2, 3, 4) == "replaced"
     finally:
         attention.optimized_attention = before
+
+
+def test_in_process_host_loads_every_builtin_node_module(host):
+    """The in-process host is as complete as the server: no ComfyUI node module failed to import."""
+    assert harness._HOST.get("import_failed") == [], harness._HOST.get("import_failed")
+    assert "ImageStitch" in host.NODE_CLASS_MAPPINGS or "SaveAnimatedWEBP" in host.NODE_CLASS_MAPPINGS
