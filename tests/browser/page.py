@@ -188,7 +188,10 @@ class Page:
         return self.page.evaluate(script, arg)
 
     def clear_graph(self):
-        self.js("() => { window.app.graph.clear(); }")
+        """An empty workflow loaded the way the UI loads one. (graph.clear() alone is not enough on frontend
+        1.49: widget values are kept per node id across it, so the next node 1 starts with the old values.)"""
+        self.js("""async () => { await window.app.loadGraphData({last_node_id: 0, last_link_id: 0, nodes: [], links: [],
+                    groups: [], config: {}, extra: {}, version: 0.4}, true, true, 'dragfusion-empty'); }""")
 
     def add_node(self, type_: str, pos=(80, 80), size=None) -> int:
         return self.js("""([t, pos, size]) => {
