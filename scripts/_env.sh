@@ -13,8 +13,13 @@ COMFY_GIT_TAG="${COMFYUI_GIT_TAG:-v0.33.0}"
 HOST_ID=""
 if [ -n "${COMFYUI_ARCHIVE:-}" ]; then
   COMFYUI_ARCHIVE="$(cd "$(dirname "$COMFYUI_ARCHIVE")" && pwd)/$(basename "$COMFYUI_ARCHIVE")"
-  HOST_ID="$(basename "$COMFYUI_ARCHIVE")"
-  for ext in .tar.gz .tgz .tar .zip; do HOST_ID="${HOST_ID%"$ext"}"; done
+  if [ -d "$COMFYUI_ARCHIVE" ]; then   # a folder: named by its version, never .host/ComfyUI itself
+    HOST_ID="ComfyUI-$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFYUI_ARCHIVE/comfyui_version.py" 2>/dev/null)-folder"
+  else
+    HOST_ID="$(basename "$COMFYUI_ARCHIVE")"
+    for ext in .tar.gz .tgz .tar .zip; do HOST_ID="${HOST_ID%"$ext"}"; done
+    [ "$HOST_ID" = ComfyUI ] && HOST_ID="ComfyUI-archive"
+  fi
   export COMFYUI_ARCHIVE
 elif [ "${COMFYUI_SOURCE:-auto}" = wheel ]; then
   HOST_ID="wheel-$COMFY_WHEEL_VERSION"
