@@ -1,7 +1,8 @@
 """Assemble the ShapeDrag checkpoint for the host: models/dragfusion_shapedrag.safetensors (the
-trained UNet + VAE) + every tensor it leaves out (the frozen CLIP-L text encoder and the frozen
-cross-attention key/value projections) taken from the tiny test checkpoint, which
-scripts/make_tiny_checkpoint.py rebuilds deterministically. No torch import (safetensors.numpy).
+trained UNet + VAE) + every tensor it leaves out (the frozen CLIP-L text encoder, and the
+cross-attention key/value projections when the file does not carry trained ones) taken from the tiny
+test checkpoint, which scripts/make_tiny_checkpoint.py rebuilds deterministically. A tensor the file
+carries always wins over the tiny checkpoint's. No torch import (safetensors.numpy).
 
     python scripts/install_shapedrag.py --tiny CKPT_DIR/dragfusion_tiny_sd15.safetensors \
         --out CKPT_DIR/dragfusion_shapedrag.safetensors [--src models/dragfusion_shapedrag.safetensors]

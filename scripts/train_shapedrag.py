@@ -13,24 +13,34 @@ make drag quality measurable here, where no trained Stable Diffusion weights can
 2. UNet phase: the reduced SD1.5 UNet of scripts/make_tiny_checkpoint.py (same config, same seeded
    start, so ComfyUI detects SD15), eps-prediction with SD1.5's discrete schedule (scaled-linear
    betas 0.00085..0.012, 1000 steps), on a pool of encoded scenes (16x16 latents) refreshed every
-   step. 80 % of the timesteps are drawn from t < 650 (the drag edit inverts to about t = 500 and
-   regenerates from there), 20 % from the full range. The frozen full-size CLIP-L of the tiny
-   checkpoint encodes one fixed prompt (scenes.PROMPT) once, exactly as CLIPTextEncode does; 10 %
-   of the samples see the empty prompt instead, so CFG works too. The cross-attention key/value
-   projections read only those two fixed prompts; they stay frozen at the tiny checkpoint's values.
+   step. 70 % of the timesteps are drawn from t < 650 (the drag edit inverts to about t = 500 and
+   regenerates from there), 30 % (--high-t) from the full range (where a caption decides what is drawn).
+   Every scene is captioned (bench/shapedrag/captions.py: each object's colour and shape, left to right,
+   and the background, e.g. "a red circle and a blue diamond on a checkered background"); the frozen
+   full-size CLIP-L of the tiny checkpoint (random weights) encodes the captions exactly as
+   CLIPTextEncode does, when a scene enters the pool. 10 % of the samples see the empty caption (so CFG
+   works) and 10 % (--prompt-frac) the generic scenes.PROMPT that the drag samples carry. The
+   cross-attention key/value projections, which read the CLIP tokens, are trained too (--train-kv,
+   default; --no-train-kv keeps them at the tiny checkpoint's values and out of the file).
    AdamW, fp32, warm-up then cosine decay over the time budget, EMA of the weights (exported).
 
-Output (fp16 safetensors, < 40 MB): the trained UNet tensors + the VAE, keyed as in an SD1.5
-checkpoint (model.diffusion_model.*, first_stage_model.taesd_encoder.* / taesd_decoder.* /
-vae_scale / vae_shift). The CLIP text encoder and the frozen cross-attention key/value projections
-are NOT stored: scripts/install_shapedrag.py (run by scripts/setup) adds them from the tiny
-checkpoint, which rebuilds them deterministically, and writes the host's
+--init FILE starts from an earlier model (e.g. the captionless one): its UNet, VAE and latent
+normalisation are loaded, the VAE phase is skipped and the whole budget fine-tunes the UNet on the
+captions (the file's metadata records the start under "init").
+
+Output (fp16 safetensors, ~42 MB): the trained UNet tensors (cross-attention key/value included
+with --train-kv) + the VAE, keyed as in an SD1.5 checkpoint (model.diffusion_model.*,
+first_stage_model.taesd_encoder.* / taesd_decoder.* / vae_scale / vae_shift). The CLIP text encoder
+(and, with --no-train-kv, the frozen cross-attention key/value projections) is NOT stored:
+scripts/install_shapedrag.py (run by scripts/setup) adds what the file lacks from the tiny
+checkpoint, which rebuilds it deterministically, and writes the host's
 models/checkpoints/dragfusion_shapedrag.safetensors.
 
     python scripts/train_shapedrag.py --comfyui .host/ComfyUI                # 55 minutes, 2 threads
     python scripts/train_shapedrag.py --minutes 10
     python scripts/train_shapedrag.py --quick --out /tmp/q.safetensors     # ~1 minute, for tests
     python scripts/train_shapedrag.py --vae-steps 600 --unet-steps 1500    # exact step counts
+    python scripts/train_shapedrag.py --init models/dragfusion_shapedrag.safetensors --out /tmp/c.safetensors
 
 The time budget makes the step counts depend on the machine; the counts used are printed and
 stored in the file's metadata, and --vae-steps / --unet-steps rerun them exactly (same seed,
@@ -51,12 +61,12 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import numpy as np  # noqa: E402
 
-from shapedrag import scenes  # noqa: E402
+from shapedrag import captions, scenes  # noqa: E402
 
 SEED = 1234
 IMAGE = 128
 SD15_BETAS = (0.00085, 0.012)
-FROZEN_UNET = ("attn2.to_k.", "attn2.to_v.")    # cross-attention K/V: read only the fixed prompts
+CROSS_KV = ("attn2.to_k.", "attn2.to_v.")       # cross-attention K/V: trained (--train-kv) or the tiny checkpoint's
 LATENT_SCALE_FACTOR = 0.18215                     # comfy.latent_formats.SD15
 
 
@@ -95,16 +105,34 @@ def scene_batch(torch, seeds, crop: int | None = None, rng=None, crops_per_scene
     return torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).contiguous()
 
 
-def encode_prompts(torch, tiny_sd):
-    """The tiny checkpoint's CLIP, loaded by ComfyUI, encodes the prompts as CLIPTextEncode does."""
-    import comfy.sd
-    sd = {k: v for k, v in tiny_sd.items() if k.startswith("cond_stage_model.") or k.startswith("model.diffusion_model.")}
-    _, clip, _, _ = comfy.sd.load_state_dict_guess_config(sd, output_vae=False, output_clip=True, output_model=False)
-    out = []
-    for text in (scenes.PROMPT, ""):
-        cond = clip.encode_from_tokens(clip.tokenize(text))
-        out.append(cond.float().cpu())
-    return out   # [1, 77, 768] each
+class CaptionEncoder:
+    """The tiny checkpoint's CLIP, loaded by ComfyUI, encodes captions as CLIPTextEncode does
+    (several captions in one CLIP batch; every caption fits one 77-token chunk), with a cache."""
+
+    def __init__(self, torch, tiny_sd):
+        import comfy.sd
+        sd = {k: v for k, v in tiny_sd.items() if k.startswith("cond_stage_model.") or k.startswith("model.diffusion_model.")}
+        _, self.clip, _, _ = comfy.sd.load_state_dict_guess_config(sd, output_vae=False, output_clip=True, output_model=False)
+        self.torch = torch
+        self.cache = {}
+
+    def __call__(self, texts):
+        """-> float32 [len(texts), 77, 768]."""
+        todo = sorted({t for t in texts if t not in self.cache})
+        for i in range(0, len(todo), 32):
+            part = todo[i:i + 32]
+            toks = [self.clip.tokenize(t) for t in part]
+            if any(len(v) != 1 for tk in toks for v in tk.values()):
+                raise ValueError("a caption longer than one 77-token chunk")
+            batch = {k: [tk[k][0] for tk in toks] for k in toks[0]}
+            cond = self.clip.encode_from_tokens(batch).float().cpu()      # [1, 77 * n, 768]
+            for j, t in enumerate(part):
+                self.cache[t] = cond[0, 77 * j:77 * (j + 1)].clone()
+        return self.torch.stack([self.cache[t] for t in texts])
+
+
+def scene_captions(seeds):
+    return [captions.caption(scenes.make_scene(int(s), IMAGE)) for s in seeds]
 
 
 def lr_at(frac: float, base: float, warm: float, step: int, warm_steps: int) -> float:
@@ -204,19 +232,22 @@ def encode_pool(torch, enc, n: int, seed0: int):
         return torch.cat([enc(scene_batch(torch, range(seed0 + i, seed0 + min(n, i + 16)))) for i in range(0, n, 16)])
 
 
-def train_unet(torch, unet, enc, conds, clock, args, rng, norm, raw_pool, next_seed):
+def train_unet(torch, unet, enc, encoder, clock, args, rng, norm, raw_pool, pool_seeds, next_seed):
     m, s = norm
     acp = alphas_cumprod(torch)
-    frozen = [p for n, p in unet.named_parameters() if any(f in n for f in FROZEN_UNET)]
-    for p in frozen:
-        p.requires_grad_(False)
+    if not args.train_kv:
+        for n, p in unet.named_parameters():
+            if any(f in n for f in CROSS_KV):
+                p.requires_grad_(False)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     ema = {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
     named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
 
     pool = (raw_pool - m) / s                      # encoded scenes, refreshed every step
-    cond, uncond = conds
+    ctx_pool = encoder(scene_captions(pool_seeds))  # their captions, encoded
+    uncond = encoder([""])
+    generic = encoder([scenes.PROMPT])             # the captionless prompt: "any scene"
     gen = torch.Generator().manual_seed(SEED + 7)
     t0 = clock.elapsed()
     budget = max(1.0, clock.budget - t0 - args.reserve)
@@ -237,16 +268,19 @@ def train_unet(torch, unet, enc, conds, clock, args, rng, norm, raw_pool, next_s
                 new = (enc(scene_batch(torch, range(next_seed, next_seed + args.refresh))) - m) / s
             slots = torch.randint(0, args.pool, (args.refresh,), generator=gen)
             pool[slots] = new
+            ctx_pool[slots] = encoder(scene_captions(range(next_seed, next_seed + args.refresh)))
             next_seed += args.refresh
         b = args.batch
-        x0 = pool[torch.randint(0, args.pool, (b,), generator=gen)]
-        low = torch.rand(b, generator=gen) < 0.8
+        idx = torch.randint(0, args.pool, (b,), generator=gen)
+        x0 = pool[idx]
+        low = torch.rand(b, generator=gen) >= args.high_t
         t = torch.where(low, torch.randint(0, 650, (b,), generator=gen), torch.randint(0, 1000, (b,), generator=gen))
         a = acp[t].view(b, 1, 1, 1)
         eps = torch.randn(x0.shape, generator=gen)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        drop = (torch.rand(b, generator=gen) < 0.1).view(b, 1, 1)
-        ctx = torch.where(drop, uncond.expand(b, -1, -1), cond.expand(b, -1, -1))
+        u = torch.rand(b, generator=gen).view(b, 1, 1)
+        ctx = torch.where(u < 0.1, uncond.expand(b, -1, -1),
+                          torch.where(u < 0.1 + args.prompt_frac, generic.expand(b, -1, -1), ctx_pool[idx]))
         pred = unet(xt, timesteps=t.float(), context=ctx)
         loss = (pred - eps).pow(2).mean()
         opt.zero_grad(set_to_none=True)
@@ -270,13 +304,13 @@ def train_unet(torch, unet, enc, conds, clock, args, rng, norm, raw_pool, next_s
     return step, (math.nan if avg is None else avg)
 
 
-def export(torch, unet, vae, tiny_sd, norm, out_path, info):
+def export(torch, unet, vae, tiny_sd, norm, out_path, info, train_kv):
     from safetensors.torch import save_file
     m, s = norm
     sd = {}
     for k, v in unet.state_dict().items():
         key = "model.diffusion_model." + k
-        if any(f in k for f in FROZEN_UNET):
+        if not train_kv and any(f in k for f in CROSS_KV):
             if not torch.equal(v.detach().to(torch.float16), tiny_sd[key]):
                 raise RuntimeError(f"frozen tensor {key} differs from the tiny checkpoint's")
             continue   # added back from the tiny checkpoint by scripts/install_shapedrag.py
@@ -320,6 +354,15 @@ def main():
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--pool", type=int, default=512)
     ap.add_argument("--refresh", type=int, default=2, help="pool entries replaced by new scenes per step")
+    ap.add_argument("--high-t", type=float, default=0.3,
+                    help="share of the timesteps drawn from the full range (the rest from t < 650)")
+    ap.add_argument("--prompt-frac", type=float, default=0.1,
+                    help="share of the samples captioned with the generic scenes.PROMPT instead (10 %% see the empty caption)")
+    ap.add_argument("--train-kv", action=argparse.BooleanOptionalAction, default=True,
+                    help="train the cross-attention key/value projections (stored in the file; default on)")
+    ap.add_argument("--init", default=None,
+                    help="start from a trained file (UNet + VAE, e.g. the captionless model): no VAE phase, "
+                         "the whole budget fine-tunes the UNet on captions")
     ap.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the export")
     ap.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
     args = ap.parse_args()
@@ -345,35 +388,55 @@ def main():
     log(f"budget {args.minutes:g} min, {args.threads} threads, image {IMAGE}x{IMAGE} -> latent {IMAGE // 8}x{IMAGE // 8}")
 
     tiny_sd = tiny.build_state_dict(torch)                    # the tiny checkpoint's exact tensors
-    conds = encode_prompts(torch, tiny_sd)
-    log(f"prompt {scenes.PROMPT!r} encoded by the tiny checkpoint's CLIP ({clock.elapsed():.0f} s)")
+    encoder = CaptionEncoder(torch, tiny_sd)
+    example = scene_captions([SEED])[0]
+    encoder([example, ""])
+    log(f"captions encoded by the tiny checkpoint's CLIP, e.g. {example!r} ({clock.elapsed():.0f} s)")
 
     torch.manual_seed(SEED)
     vae = comfy.taesd.taesd.TAESD(latent_channels=4)
     tiny.init_weights(vae, torch)
     pool_init(torch, vae)
     unet = UNetModel(**tiny.UNET_CONFIG)
-    unet.load_state_dict({k[len("model.diffusion_model."):]: v.float() for k, v in tiny_sd.items()
-                          if k.startswith("model.diffusion_model.")})
+    start = {k: v for k, v in tiny_sd.items() if k.startswith("model.diffusion_model.")}
+    init_info = {}
+    if args.init:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        init = load_file(args.init)
+        with safe_open(args.init, framework="pt") as f:
+            init_info = json.loads((f.metadata() or {}).get("dragfusion_shapedrag", "{}"))
+        start.update({k: v for k, v in init.items() if k.startswith("model.diffusion_model.")})
+        vae.load_state_dict({k[len("first_stage_model."):]: v.float() for k, v in init.items()
+                             if k.startswith("first_stage_model.")})
+        log(f"starting from {args.init} (UNet + VAE; {init_info.get('unet_steps', '?')} UNet steps); no VAE phase")
+    unet.load_state_dict({k[len("model.diffusion_model."):]: v.float() for k, v in start.items()})
     unet.train()
 
-    vae_steps, vae_rec = train_vae(torch, vae, clock, args, rng)
+    vae_steps, vae_rec = (0, math.nan) if args.init else train_vae(torch, vae, clock, args, rng)
     vae.requires_grad_(False)
     vae.eval()
     pool_seed = SEED * 1_000_000 + 500_000
     raw = encode_pool(torch, vae.taesd_encoder, args.pool, pool_seed)
     m, s = raw.mean().item(), raw.std().item()
+    if args.init:   # keep the latent normalisation the UNet was trained with
+        s = vae.vae_scale.item() / LATENT_SCALE_FACTOR
+        m = -vae.vae_shift.item() * vae.vae_scale.item()
     per_channel = [round(v, 3) for v in raw.mean((0, 2, 3)).tolist()]
     log(f"vae done: {vae_steps} steps, rec loss {vae_rec:.4f}; latents of {args.pool} scenes: mean {m:.3f} std {s:.3f} "
         f"(channel means {per_channel}) ({clock.elapsed() / 60:.1f} min)")
 
-    unet_steps, unet_loss = train_unet(torch, unet, vae.taesd_encoder, conds, clock, args, rng, (m, s),
-                                       raw, pool_seed + args.pool)
-    info = dict(seed=SEED, image=IMAGE, prompt=scenes.PROMPT, threads=args.threads, minutes=round(clock.elapsed() / 60, 2),
-                vae_steps=vae_steps, vae_batch=args.vae_batch, vae_crop=args.vae_crop, vae_rec_loss=round(vae_rec, 5),
+    unet_steps, unet_loss = train_unet(torch, unet, vae.taesd_encoder, encoder, clock, args, rng, (m, s),
+                                       raw, range(pool_seed, pool_seed + args.pool), pool_seed + args.pool)
+    info = dict(seed=SEED, image=IMAGE, captions="bench/shapedrag/captions.py", train_kv=args.train_kv,
+                high_t=args.high_t, prompt_frac=args.prompt_frac, threads=args.threads, minutes=round(clock.elapsed() / 60, 2),
+                vae_steps=vae_steps, vae_batch=args.vae_batch, vae_crop=args.vae_crop, vae_rec_loss=None if math.isnan(vae_rec) else round(vae_rec, 5),
                 unet_steps=unet_steps, batch=args.batch, lr=args.lr, pool=args.pool, refresh=args.refresh,
                 unet_loss=round(unet_loss, 5), latent_mean=round(m, 5), latent_std=round(s, 5), quick=args.quick)
-    size = export(torch, unet, vae, tiny_sd, (m, s), args.out, info)
+    if args.init:
+        info["init"] = dict(file=os.path.basename(args.init), **{k: init_info.get(k) for k in
+                            ("minutes", "vae_steps", "unet_steps", "unet_loss", "vae_rec_loss")})
+    size = export(torch, unet, vae, tiny_sd, (m, s), args.out, info, args.train_kv)
     log(f"wrote {args.out} ({size / 1e6:.1f} MB) after {clock.elapsed() / 60:.1f} min: "
         f"VAE {vae_steps} steps (rec {vae_rec:.4f}), UNet {unet_steps} steps (loss {unet_loss:.4f})")
     print(json.dumps(info, sort_keys=True))
