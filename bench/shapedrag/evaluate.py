@@ -1,6 +1,8 @@
 """ShapeDrag evaluation: MD and background fidelity of drag edits on the trained ShapeDrag model.
 
     scripts/evaluate --shapedrag [--n 12] [--seed 0] [--methods none,copy,ad,...,ad-rigid,...,dual]
+    scripts/evaluate --shapedrag --task all|drag,... [--n 4] [--seed 0] [--out DIR]   every task against its
+                                                                       ground truth (task_eval.py)
 
 Everything runs in this process through the real ComfyUI host and the pack's own nodes
 (tests/harness.py load_host / run_node): the samples are written in DragBench format into the
@@ -291,6 +293,10 @@ def table(report: dict) -> str:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--task" or a.startswith("--task=") for a in argv):   # ShapeDrag-GT: every task against its GT
+        from shapedrag import task_eval
+        return task_eval.main(argv)
     ap = argparse.ArgumentParser(prog="scripts/evaluate --shapedrag", description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=12, help="number of ShapeDrag samples (default 12)")
     ap.add_argument("--seed", type=int, default=0)
