@@ -63,7 +63,14 @@ def test_attention_is_looked_up_at_call_time(host):
         attention.optimized_attention = before
 
 
+# Built-in node modules that need a running server (PromptServer.instance) when they register: they
+# cannot load in-process; tests/http/test_host_log.py checks that the real server loads them.
+NEEDS_SERVER = {"nodes_replacements.py"}   # ComfyUI 0.33.0
+
+
 def test_in_process_host_loads_every_builtin_node_module(host):
-    """The in-process host is as complete as the server: no ComfyUI node module failed to import."""
-    assert harness._HOST.get("import_failed") == [], harness._HOST.get("import_failed")
+    """The in-process host is as complete as the server: no ComfyUI node module failed to import
+    (but those that need a running server)."""
+    failed = set(harness._HOST.get("import_failed") or [])
+    assert not failed - NEEDS_SERVER, sorted(failed)
     assert "ImageStitch" in host.NODE_CLASS_MAPPINGS or "SaveAnimatedWEBP" in host.NODE_CLASS_MAPPINGS
