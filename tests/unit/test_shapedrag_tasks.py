@@ -232,3 +232,37 @@ def test_summarize():
     s = tm.summarize(rows)
     assert s["md"] == 2.0 and s["iou"] == 0.5 and s["lost"] == 0.5 and s["lost_total"] == 1 and s["n"] == 2
     assert "hue_err" not in s
+
+
+# --- the harness's pure pieces (bench/shapedrag/task_eval.py; no model) --------------------------
+
+def test_latent_copy_and_rescale():
+    import torch
+    from shapedrag import task_eval
+    z = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(1, 2, 16, 16)
+    mask = np.zeros((128, 128), bool)
+    mask[16:32, 24:40] = True                                  # cells y 2..3, x 3..4
+    out = task_eval.latent_copy({"samples": z}, [(mask, (2.0, 1.0, 1.0))])["samples"]
+    assert torch.equal(out[:, :, 3:5, 5:7], z[:, :, 2:4, 3:5])  # copied by (2, 1) cells
+    assert torch.equal(out[:, :, 2, 3], z[:, :, 2, 3])         # the source left as it was
+    big = task_eval.latent_copy({"samples": z}, [(mask, (0.0, 0.0, 2.0))])["samples"]
+    assert (big != z).any(dim=1).sum() > 0 and torch.equal(big[:, :, 2, 3], z[:, :, 2, 3])
+
+
+def test_harness_helpers():
+    from shapedrag import task_eval
+    assert task_eval.parse_tasks("all") == list(tasks.TASKS)
+    assert task_eval.parse_tasks("drag, inpaint") == ["drag", "inpaint"]
+    with pytest.raises(ValueError):
+        task_eval.parse_tasks("drag,nope")
+    assert task_eval.methods_for("drag", ("none", "naive", "default", "ad-rigid"))[-1] == "ad-rigid"
+    assert "ad-rigid" not in task_eval.methods_for("move", ("none", "ad-rigid"))
+    for t in ("paste", "landmarks", "drag_two"):
+        s = tasks.make_task(t, 0, 0)
+        pic = task_eval.instruction_picture(s)
+        assert pic.shape[0] == 128 and pic.shape[1] >= 128 and task_eval.instruction_text(s)
+    row = dict(md=1.0, iou=0.5, psnr_in=20.0, psnr_out=30.0, ssim_out=0.9, lost=0.0, duplicated=0.0, seconds=1.0, n=1)
+    rep = dict(n=1, seed=0, checkpoint="x", steps=10, edit_step=5, dual_steps=20,
+               summary={"drag": {m: row for m in ("none", "naive", "default")}})
+    md = task_eval.table(rep)
+    assert md.count("\n| drag |") == 3 and "**1.00**" in md
