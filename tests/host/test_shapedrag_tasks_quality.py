@@ -23,6 +23,12 @@ from shapedrag import evaluate, task_eval, task_metrics, tasks  # noqa: E402
 
 N_SAMPLES = 2
 CI_DUAL_STEPS = 10
+# The AttentionDrag tasks run always (about 40-60 s together); the dual-branch and PNI tasks took the file to
+# 235 s on 2 cores, over the CI budget, so they run only with DRAGFUSION_GT_ALL=1 (their xfail reasons below
+# hold the figures of that configuration; scripts/evaluate --shapedrag --task all gives them any time).
+FAST_TASKS = ("drag", "drag_multi", "drag_two", "inpaint")
+RUN_ALL = os.environ.get("DRAGFUSION_GT_ALL", "") == "1"
+CI_TASKS = tuple(tasks.TASKS) if RUN_ALL else FAST_TASKS
 METHODS = ("none", "naive", "default")
 # the margin by which the default must beat both baselines, in the task's defining metric
 # (task_metrics.DEFINING: px of MD, IoU, dB of PSNR inside the edited region, degrees of hue)
@@ -57,7 +63,7 @@ needs_weights = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def report(host):
-    return task_eval.evaluate_tasks(tasks.TASKS, n=N_SAMPLES, seed=0, methods=METHODS, out_dir=None, progress=False,
+    return task_eval.evaluate_tasks(CI_TASKS, n=N_SAMPLES, seed=0, methods=METHODS, out_dir=None, progress=False,
                                     dual_steps=CI_DUAL_STEPS)
 
 
@@ -83,18 +89,24 @@ def test_every_task_runs_and_the_instrument_is_sane(report):
     baselines do what they are meant to (so a broken harness cannot pass as 'the default does nothing')."""
     print("\n" + task_eval.table(report))
     s = report["summary"]
-    for t in tasks.TASKS:
+    for t in CI_TASKS:
         for m in METHODS:
             assert s[t][m]["n"] == N_SAMPLES, (t, m)
             assert np.isfinite(s[t][m]["psnr_out"]), (t, m)
         assert s[t]["none"]["psnr_out"] > 18.0, (t, s[t]["none"])
-    for t in ("drag", "move"):
-        assert s[t]["naive"]["md"] < s[t]["none"]["md"] - 5.0, (t, s[t])
-    assert s["appearance"]["naive"]["hue_err"] < s["appearance"]["none"]["hue_err"] - 20.0, s["appearance"]
-    assert s["paste"]["naive"]["iou"] > s["paste"]["none"]["iou"] + 0.1, s["paste"]
+    for t in ("drag", "drag_two", "move"):
+        if t in s:
+            assert s[t]["naive"]["md"] < s[t]["none"]["md"] - 5.0, (t, s[t])
+    if "appearance" in s:
+        assert s["appearance"]["naive"]["hue_err"] < s["appearance"]["none"]["hue_err"] - 20.0, s["appearance"]
+    if "paste" in s:
+        assert s["paste"]["naive"]["iou"] > s["paste"]["none"]["iou"] + 0.1, s["paste"]
 
 
 def _param(t):
+    if t not in CI_TASKS:
+        return pytest.param(t, marks=pytest.mark.skip(reason="dual-branch / PNI task: set DRAGFUSION_GT_ALL=1 to run it "
+                                                            "(about 190 s more on 2 cores)"))
     if t in XFAIL:
         return pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=XFAIL[t]))
     return t
