@@ -23,16 +23,13 @@ from collections import deque
 import numpy as np
 
 from . import scenes
+from .score import segment
 
 COLOURS = ("red", "yellow", "green", "cyan", "blue", "magenta")     # scenes.OBJECT_HUES, in order
 BACKGROUNDS = {"stripes": "striped", "checker": "checkered", "noise": "mottled", "dots": "dotted",
                "gradient": "gradient"}
 QUAD = ("square", "diamond")
 
-# the segmentation of score.py
-HUE_TOL = 24.0
-SEG_MIN_SAT = 0.4
-SEG_MIN_VAL = 0.3
 MIN_AREA = 60            # pixels (at 128x128 the smallest object, a triangle of radius 11.5, has ~170)
 
 # shape thresholds (see classify)
@@ -86,11 +83,6 @@ def parse(text: str) -> list:
 
 # --- the scorer -----------------------------------------------------------------------------
 
-def segment(img: np.ndarray, hue: float) -> np.ndarray:
-    """Pixels of hue bin `hue`: img float [H, W, 3] in [0, 1] -> bool [H, W] (as score.segment)."""
-    h, s, v = scenes.rgb_to_hsv(img)
-    dh = np.abs((h - hue + 180.0) % 360.0 - 180.0)
-    return (dh <= HUE_TOL) & (s >= SEG_MIN_SAT) & (v >= SEG_MIN_VAL)
 
 
 def components(mask: np.ndarray) -> list:

@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import scenes
+from .dataset import dilate
+from .score import centroid, segment
 
 TASKS = ("drag", "drag_multi", "drag_two", "move", "resize", "paste", "appearance", "outpaint", "inpaint",
          "style", "landmarks", "prompt")
@@ -59,8 +61,6 @@ DRAG_MIN, DRAG_MAX = 20.0, 36.0
 MIN_RADIUS_FRAC = 0.11
 OUTPAINT_PAD = 32        # pixels added left and right
 LANDMARKS = 68
-HUE_TOL = 24.0
-SEG_MIN_SAT, SEG_MIN_VAL = 0.4, 0.3
 
 
 @dataclass
@@ -82,28 +82,6 @@ class TaskSample:
 
 
 # --- small helpers --------------------------------------------------------------------------
-
-def dilate(mask: np.ndarray, px: int) -> np.ndarray:
-    if px <= 0:
-        return mask.copy()
-    from scipy.ndimage import binary_dilation
-    yy, xx = np.mgrid[-px:px + 1, -px:px + 1]
-    return binary_dilation(mask, structure=(xx * xx + yy * yy) <= px * px)
-
-
-def segment(img: np.ndarray, hue: float) -> np.ndarray:
-    """The scorer's segmentation (score.segment), repeated here so this module needs numpy only."""
-    h, s, v = scenes.rgb_to_hsv(img)
-    dh = np.abs((h - hue + 180.0) % 360.0 - 180.0)
-    return (dh <= HUE_TOL) & (s >= SEG_MIN_SAT) & (v >= SEG_MIN_VAL)
-
-
-def centroid(mask: np.ndarray):
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
-
 
 def hue_bin(hue: float) -> int:
     d = [abs((hue - h + 180.0) % 360.0 - 180.0) for h in scenes.OBJECT_HUES]
