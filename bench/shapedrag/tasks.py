@@ -224,6 +224,17 @@ def _big(sc: scenes.Scene) -> list:
     return [i for i, o in enumerate(sc.objects) if o.r >= MIN_RADIUS_FRAC * sc.size]
 
 
+def _candidates(task: str, seed: int, index: int, size: int):
+    """(scene seed, rng, scene, k) for each attempt whose scene has an object big enough to edit; k is
+    one of those objects, chosen by the attempt's rng."""
+    for attempt in range(1000):
+        scene_seed, rng = _rng(task, seed, index, attempt)
+        sc = scenes.make_scene(scene_seed, size)
+        big = _big(sc)
+        if big:
+            yield scene_seed, rng, sc, int(rng.choice(big))
+
+
 def _handle_on(o: scenes.Obj, size: int, rng, n: int = 1):
     x, y = scenes._grid(size)
     inner = scenes.object_sdf(o, x, y) < -2.0
@@ -300,13 +311,7 @@ def _drag(task, seed, index, size):
 
 
 def _move(task, seed, index, size):
-    for attempt in range(1000):
-        scene_seed, rng = _rng(task, seed, index, attempt)
-        sc = scenes.make_scene(scene_seed, size)
-        big = _big(sc)
-        if not big:
-            continue
-        k = int(rng.choice(big))
+    for scene_seed, rng, sc, k in _candidates(task, seed, index, size):
         o = sc.objects[k]
         others = [p for i, p in enumerate(sc.objects) if i != k]
         mask = _user_mask([o], size)
@@ -381,13 +386,7 @@ LOOK = ("hue", "sat", "val", "texture", "tex_period", "tex_angle")
 
 def _recolour(task, seed, index, size):
     """appearance (the look of a reference object) and prompt (a prompt naming another colour)."""
-    for attempt in range(1000):
-        scene_seed, rng = _rng(task, seed, index, attempt)
-        sc = scenes.make_scene(scene_seed, size)
-        big = _big(sc)
-        if not big:
-            continue
-        k = int(rng.choice(big))
+    for scene_seed, rng, sc, k in _candidates(task, seed, index, size):
         o = sc.objects[k]
         if task == "appearance":
             r = _reference_object(rng, sc, size, scene_seed)
@@ -448,13 +447,7 @@ def _outpaint(task, seed, index, size):
 
 
 def _inpaint(task, seed, index, size):
-    for attempt in range(1000):
-        scene_seed, rng = _rng(task, seed, index, attempt)
-        sc = scenes.make_scene(scene_seed, size)
-        big = _big(sc)
-        if not big:
-            continue
-        k = int(rng.choice(big))
+    for scene_seed, rng, sc, k in _candidates(task, seed, index, size):
         o = sc.objects[k]
         new = [p for i, p in enumerate(sc.objects) if i != k]
         src, gt = scenes.render(sc), render_objects(sc, new)
