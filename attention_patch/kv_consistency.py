@@ -63,7 +63,6 @@ class KVConsistencyPatch:
         return k, v
 
     def __call__(self, q, k, v, extra_options):
-
         heads = extra_options["n_heads"]
         kwargs = dict(attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
         if self.strength <= 0.0:

@@ -23,20 +23,17 @@ CLIP_ZERO_SIZE = 224
 
 def register_model_folder() -> None:
     """Register models/dragfusion_image_prompt (safetensors only); idempotent, no other side effect."""
-
     if FOLDER not in host.folder_names_and_paths():
         host.folder_names_and_paths()[FOLDER] = ([os.path.join(host.models_dir(), FOLDER)], set(EXTENSIONS))
 
 
 def _ipadapter_dirs() -> list[str]:
-
     if IPADAPTER_FOLDER in host.folder_names_and_paths():
         return host.get_folder_paths(IPADAPTER_FOLDER)
     return [os.path.join(host.models_dir(), IPADAPTER_FOLDER)]
 
 
 def _safetensors_in(dirs: list[str]) -> list[str]:
-
     names = set()
     for d in dirs:
         files, _ = host.recursive_search(d, excluded_dir_names=[".git"])
@@ -45,7 +42,6 @@ def _safetensors_in(dirs: list[str]) -> list[str]:
 
 
 def weight_files() -> list[str]:
-
     register_model_folder()
     own = [f for f in host.get_filename_list(FOLDER) if f.lower().endswith(EXTENSIONS)]
     return sorted(own) + [f"{IPADAPTER_FOLDER}/{f}" for f in _safetensors_in(_ipadapter_dirs())]
@@ -53,7 +49,6 @@ def weight_files() -> list[str]:
 
 def resolve_weights(name: str, node: str = ENCODER, input_name: str = "weights") -> str:
     """A listed file name -> its path; anything that could leave the model folders is refused."""
-
     register_model_folder()
     if not isinstance(name, str) or not name.strip():
         raise input_error(node, input_name, "no weights file chosen: put a .safetensors file in models/"
@@ -78,7 +73,6 @@ def resolve_weights(name: str, node: str = ENCODER, input_name: str = "weights")
 
 
 def load_adapter(name: str, node: str = ENCODER, input_name: str = "weights"):
-
     path = resolve_weights(name, node, input_name)
     try:
         sd = host.load_safetensors(path)
@@ -138,7 +132,6 @@ class ImagePromptEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_vision_output, weights, reference=None, clip_vision=None):
-
         adapter = load_adapter(weights, ENCODER, "weights")
         width = adapter.cfg.clip_dim
         src = _clip_tokens(clip_vision_output, ENCODER, "clip_vision_output", width)

@@ -8,13 +8,14 @@
 #                                .host/<its name>/ with a venv of its own
 #   COMFYUI_DIR=/path/to/ComfyUI an existing ComfyUI (with DRAGFUSION_PYTHON=its python, usually)
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+host_version() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null; }   # of a ComfyUI folder
 COMFY_WHEEL_VERSION=0.3.75
 COMFY_GIT_TAG="${COMFYUI_GIT_TAG:-v0.33.0}"
 HOST_ID=""
 if [ -n "${COMFYUI_ARCHIVE:-}" ]; then
   COMFYUI_ARCHIVE="$(cd "$(dirname "$COMFYUI_ARCHIVE")" && pwd)/$(basename "$COMFYUI_ARCHIVE")"
   if [ -d "$COMFYUI_ARCHIVE" ]; then   # a folder: named by its version, never .host/ComfyUI itself
-    HOST_ID="ComfyUI-$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFYUI_ARCHIVE/comfyui_version.py" 2>/dev/null)-folder"
+    HOST_ID="ComfyUI-$(host_version "$COMFYUI_ARCHIVE")-folder"
   else
     HOST_ID="$(basename "$COMFYUI_ARCHIVE")"
     for ext in .tar.gz .tgz .tar .zip; do HOST_ID="${HOST_ID%"$ext"}"; done
