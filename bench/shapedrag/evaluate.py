@@ -185,18 +185,33 @@ class Evaluator:
 
 def copy_paste(latent: dict, points, mask) -> dict:
     """Naive copy-paste at the edit step: mask cells (any of their 8x8 pixels) shifted by the drag."""
-    import torch
-    import torch.nn.functional as F
-    z = latent["samples"]
-    h, w = z.shape[-2:]
-    cells = F.max_pool2d(mask.float().reshape(1, 1, *mask.shape[-2:]), 8)[0, 0] > 0.5
     (hx, hy), (tx, ty) = points.pairs[0]
     dx, dy = int(round((tx - hx) / 8)), int(round((ty - hy) / 8))
+    m = np.asarray(mask.reshape(mask.shape[-2:]).float().cpu().numpy() > 0.5)
+    return latent_copy(latent, [(m, (dx, dy, 1.0))])
+
+
+def latent_copy(latent: dict, moves: list) -> dict:
+    """Naive latent copy-paste: for each (pixel mask, (dx, dy, scale) in cells), the mask's cells (any of their
+    8x8 pixels) are written at their place scaled about the mask's box centre and shifted (nearest cell); the
+    source cells are left as they were."""
+    import torch
+    z = latent["samples"]
+    h, w = z.shape[-2:]
     out = z.clone()
-    ys, xs = torch.nonzero(cells, as_tuple=True)
-    ty_, tx_ = ys + dy, xs + dx
-    ok = (ty_ >= 0) & (ty_ < h) & (tx_ >= 0) & (tx_ < w)
-    out[:, :, ty_[ok], tx_[ok]] = z[:, :, ys[ok], xs[ok]]
+    for mask, (dx, dy, scale) in moves:
+        m = torch.from_numpy(np.asarray(mask, bool).reshape(h, 8, w, 8).any(axis=(1, 3)))
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        if len(xs) == 0:
+            continue
+        cx, cy = (float(xs.min()) + float(xs.max()) + 1) / 2, (float(ys.min()) + float(ys.max()) + 1) / 2
+        gy, gx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        qx = torch.floor(cx + (gx - cx - dx) / scale).long()       # the source cell each cell reads
+        qy = torch.floor(cy + (gy - cy - dy) / scale).long()
+        ok = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
+        take = ok & m[qy.clamp(0, h - 1), qx.clamp(0, w - 1)]
+        ty, tx = torch.nonzero(take, as_tuple=True)
+        out[:, :, ty, tx] = z[:, :, qy[ty, tx], qx[ty, tx]]
     return {**{k: v for k, v in latent.items() if k != "noise_mask"}, "samples": out}
 
 

@@ -205,7 +205,7 @@ class TaskEvaluator(evaluate.Evaluator):
         elif t == "landmarks":
             d = np.asarray(ins["landmarks"]["target"]) - np.asarray(ins["landmarks"]["source"])
             moves.append((ins["mask"], (d[:, 0].mean() / 8, d[:, 1].mean() / 8, 1.0)))
-        return self.regen(self.model, latent_copy(z, moves), pos, neg), True
+        return self.regen(self.model, evaluate.latent_copy(z, moves), pos, neg), True
 
     def _dual(self, s, pos, pts, mask) -> np.ndarray:
         t, ins = s.task, s.instruction
@@ -242,30 +242,6 @@ class TaskEvaluator(evaluate.Evaluator):
         out = evaluate.core(self.nodes, "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
                             latent_image=z_t)[0]
         return self.decode(out)
-
-
-def latent_copy(latent: dict, moves: list) -> dict:
-    """Naive latent copy-paste: for each (pixel mask, (dx, dy, scale) in cells), the mask's cells (any of their
-    8x8 pixels) are written at their place scaled about the mask's box centre and shifted (nearest cell); the
-    source cells are left as they were."""
-    import torch
-    z = latent["samples"]
-    h, w = z.shape[-2:]
-    out = z.clone()
-    for mask, (dx, dy, scale) in moves:
-        m = torch.from_numpy(np.asarray(mask, bool).reshape(h, 8, w, 8).any(axis=(1, 3)))
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        if len(xs) == 0:
-            continue
-        cx, cy = (float(xs.min()) + float(xs.max()) + 1) / 2, (float(ys.min()) + float(ys.max()) + 1) / 2
-        gy, gx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-        qx = torch.floor(cx + (gx - cx - dx) / scale).long()       # the source cell each cell reads
-        qy = torch.floor(cy + (gy - cy - dy) / scale).long()
-        ok = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
-        take = ok & m[qy.clamp(0, h - 1), qx.clamp(0, w - 1)]
-        ty, tx = torch.nonzero(take, as_tuple=True)
-        out[:, :, ty, tx] = z[:, :, qy[ty, tx], qx[ty, tx]]
-    return {**{k: v for k, v in latent.items() if k != "noise_mask"}, "samples": out}
 
 
 # --------------------------------------------------------------------------- pictures

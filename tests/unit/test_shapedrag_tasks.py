@@ -234,18 +234,18 @@ def test_summarize():
     assert "hue_err" not in s
 
 
-# --- the harness's pure pieces (bench/shapedrag/task_eval.py; no model) --------------------------
+# --- the harness's pure pieces (bench/shapedrag/task_eval.py, evaluate.py; no model) --------------------------
 
 def test_latent_copy_and_rescale():
     import torch
-    from shapedrag import task_eval
+    from shapedrag import evaluate
     z = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(1, 2, 16, 16)
     mask = np.zeros((128, 128), bool)
     mask[16:32, 24:40] = True                                  # cells y 2..3, x 3..4
-    out = task_eval.latent_copy({"samples": z}, [(mask, (2.0, 1.0, 1.0))])["samples"]
+    out = evaluate.latent_copy({"samples": z}, [(mask, (2.0, 1.0, 1.0))])["samples"]
     assert torch.equal(out[:, :, 3:5, 5:7], z[:, :, 2:4, 3:5])  # copied by (2, 1) cells
     assert torch.equal(out[:, :, 2, 3], z[:, :, 2, 3])         # the source left as it was
-    big = task_eval.latent_copy({"samples": z}, [(mask, (0.0, 0.0, 2.0))])["samples"]
+    big = evaluate.latent_copy({"samples": z}, [(mask, (0.0, 0.0, 2.0))])["samples"]
     assert (big != z).any(dim=1).sum() > 0 and torch.equal(big[:, :, 2, 3], z[:, :, 2, 3])
 
 
