@@ -10,7 +10,9 @@ intermediate device, plus the layer's effective projection weights once, from wh
 (:mod:`guidance.projection_bank`). No tokens x tokens map is ever built here.
 
 Recording happens only while a step is set (``set_step``); the sampler driving the inversion sets
-it before each UNet call. All state is reset by an OUTER_SAMPLE wrapper at the start of every
+it before each UNet call, saying whether that call records the queries and keys of ``layers``
+(the attention the edit is derived from) and/or the keys and values of ``kv_layers`` (those a
+KV-consistent regeneration reads). All state is reset by an OUTER_SAMPLE wrapper at the start of every
 sampling call, so nothing leaks from one run into the next.
 """
 from __future__ import annotations
@@ -94,9 +96,10 @@ class SelfAttentionCapture:
     project on demand: the same numbers as recording q and k, in half the bytes.
     """
 
-    def __init__(self, layers, with_v: bool = False, store_device=None):
+    def __init__(self, layers, with_v: bool = False, store_device=None, kv_layers=None):
         self.layers = tuple(layers)
         self.with_v = bool(with_v)
+        self.kv_layers = (tuple(self.layers) if kv_layers is None else tuple(kv_layers)) if self.with_v else ()
         self.store_device = store_device if store_device is not None else host.intermediate_device()
         self.modules = {}
         self.reset()
@@ -104,6 +107,7 @@ class SelfAttentionCapture:
     # -------------------------------------------------------------------------------- state
     def reset(self):
         self.step = None
+        self.record_qk, self.record_kv = True, False
         self.inputs = {"q": {}, "k": {}, "v": {}}
         self.projections = {"q": {}, "k": {}, "v": {}}
         self.layer_hw = {}
@@ -122,10 +126,14 @@ class SelfAttentionCapture:
     def v(self):
         return ProjectionBank(self.inputs["v"], self.projections["v"])
 
-    def set_step(self, step, sigma=None):
-        """Record the following UNet calls as inversion step ``step`` (None: stop recording)."""
+    def set_step(self, step, sigma=None, qk: bool = True, kv: bool | None = None):
+        """Record the following UNet calls as inversion step ``step`` (None: stop recording):
+        the queries/keys of ``layers`` when ``qk``, the keys/values of ``kv_layers`` when ``kv``
+        (default: whenever values are captured)."""
         self.step = None if step is None else int(step)
-        if step is not None and sigma is not None:
+        self.record_qk = bool(qk)
+        self.record_kv = self.with_v if kv is None else (bool(kv) and self.with_v)
+        if step is not None and sigma is not None and qk:
             self.step_sigmas[int(step)] = float(sigma)
 
     def take(self) -> dict:
@@ -143,7 +151,7 @@ class SelfAttentionCapture:
     def install(self, model_patcher):
         """Patch ``model_patcher`` (a clone) in place: one attn1 patch for the chosen layers + reset wrapper."""
         unet = model_patcher.model.diffusion_model
-        self.modules = {key: attn1_module(unet, key) for key in self.layers}
+        self.modules = {key: attn1_module(unet, key) for key in dict.fromkeys(self.layers + self.kv_layers)}
         patches = model_patcher.model_options["transformer_options"].get("patches", {})
         if "attn1_patch" in patches:  # a re-install replaces an earlier capture instead of stacking it
             patches["attn1_patch"] = [p for p in patches["attn1_patch"] if not isinstance(p, SelfAttentionCapture)]
@@ -180,7 +188,11 @@ class SelfAttentionCapture:
         shape = extra_options.get("activations_shape")
         if shape is not None and len(shape) == 4 and shape[2] * shape[3] == tokens:
             self.layer_hw[key] = (int(shape[2]), int(shape[3]))
-        if key not in self.projections["q"]:
+        qk = self.record_qk and key in self.layers
+        kv = self.record_kv and key in self.kv_layers
+        if not (qk or kv):
+            return
+        if key not in self.projections["k"]:
             self._read_weights(key, n, context, extra_options["n_heads"])
 
         def keep(t):
@@ -188,15 +200,17 @@ class SelfAttentionCapture:
                                            memory_format=torch.contiguous_format, copy=True)
 
         slot = (self.step, key)
-        x = self.inputs["q"][slot] = keep(n)
+        x = keep(n)
         kx = self.inputs["k"][slot] = x if context is n else keep(context)
-        if self.with_v:
+        if qk:
+            self.inputs["q"][slot] = x
+        if kv:
             self.inputs["v"][slot] = kx if value is context else keep(value)
 
     def _read_weights(self, key, n, context, heads):
         attn = self.modules[key]
         for name, src in (("q", n), ("k", context), ("v", context)):
-            if name == "v" and not self.with_v:
+            if (name == "q" and key not in self.layers) or (name == "v" and key not in self.kv_layers):
                 continue
             linear = getattr(attn, "to_" + name)
             self.projections[name][key] = effective_projection(linear, src.shape[-1], heads, src.device, src.dtype,

@@ -21,6 +21,12 @@ The contract:
   sigma (float) at which that UNet call was evaluated (``max(sigmas[n - j], sigma_min)``).
 - ``sigmas``: the full descending n-step schedule (n + 1 values, last 0); ``edit_step``: sampling
   resumes at ``sigmas[edit_step]`` (KSamplerAdvanced ``start_at_step``); ``latent_hw = (h, w)``.
+- KV consistency: ``kv_layers`` (the self-attention layers whose keys and values regeneration
+  reads; not necessarily ``layers``) at ``kv_steps``; ``k[(j, layer)]`` and ``v[(j, layer)]``
+  hold them. KV step ``j`` is the UNet call on ``trajectory[j]`` at ``sigmas[n - j]``, the very
+  call a regeneration from the edit step makes there: ``j = 1 .. n - edit_step``, where
+  ``j = n - edit_step`` is one extra UNet call on the latent at the edit step (the inversion itself
+  never evaluates there). :meth:`AttnCapture.kv_sigmas` maps them to their sigmas.
 """
 from __future__ import annotations
 
@@ -48,6 +54,8 @@ class AttnCapture:
     step_sigmas: dict = field(default_factory=dict)   # step j -> sigma (float) of that UNet call
     scheduler: str = ""         # ComfyUI scheduler name the sigmas came from
     cfg: float = 1.0            # CFG scale used during the inversion
+    kv_layers: tuple = ()       # layers whose keys and values KV consistency reads
+    kv_steps: tuple = ()        # KV step j: the UNet call on trajectory[j] at sigmas[n - j]
 
     # ----------------------------------------------------------------------------------- checks
     def validate(self, node: str = "ATTN_CAPTURE", input_name: str = "capture") -> "AttnCapture":
@@ -67,7 +75,18 @@ class AttnCapture:
             bad = [s for s in self.steps if not (0 <= s <= last)]
             if bad:
                 raise input_error(node, input_name, f"captured steps {bad} are outside the inversion's steps 0..{last}")
+            bad = [s for s in self.kv_steps if not (1 <= s <= last + 1)]
+            if bad:
+                raise input_error(node, input_name, f"KV steps {bad} are outside 1..{last + 1}")
+        for key in ((s, l) for s in self.kv_steps for l in self.kv_layers):
+            if key not in self.k or key not in self.v:
+                raise input_error(node, input_name, f"the keys/values of step {key[0]} of layer {key[1]} are missing from the capture")
         return self
+
+    def kv_sigmas(self) -> dict:
+        """KV step j -> the sigma ``sigmas[n - j]`` at which a regeneration calls the UNet on that latent."""
+        n = len(self.sigmas) - 1
+        return {int(j): float(self.sigmas[n - j]) for j in self.kv_steps}
 
     # ------------------------------------------------------------------------------ positions
     @property
@@ -92,10 +111,10 @@ class AttnCapture:
         return bank.inputs if isinstance(bank, ProjectionBank) else bank
 
     def nbytes_per_step(self, step: int | None = None) -> int:
-        """Bytes held for one captured step (a tensor shared by q, k and v counts once)."""
-        if not self.steps:
-            return 0
-        step = self.steps[0] if step is None else step
+        """Bytes held for one inversion step (a tensor shared by q, k and v counts once); without
+        ``step``, the most any step holds (q/k and KV steps overlap but need not coincide)."""
+        if step is None:
+            return max((self.nbytes_per_step(s) for s in set(self.steps) | set(self.kv_steps)), default=0)
         return unique_nbytes(t for bank in (self.q, self.k, self.v) for (s, _), t in self._stored(bank).items() if s == step)
 
     def nbytes_fixed(self) -> int:
@@ -103,18 +122,23 @@ class AttnCapture:
         return sum(p.nbytes for bank in (self.q, self.k, self.v) if isinstance(bank, ProjectionBank)
                    for p in bank.projections.values())
 
-    def _layer_rows(self, step: int, layer: str, positions: torch.Tensor, max_elements: int, device) -> torch.Tensor:
+    def _layer_rows(self, step: int, layer: str, positions: torch.Tensor, max_elements: int, device,
+                    k_cache: dict | None = None) -> torch.Tensor:
         key = (step, layer)
         if isinstance(self.q, ProjectionBank) and isinstance(self.k, ProjectionBank):
             q = self.q.project(key, tokens=positions, device=device)     # only the rows asked for
-            k = self.k.project(key, device=device)
+            k = None if k_cache is None else k_cache.get(key)
+            if k is None:
+                k = self.k.project(key, device=device)
+                if k_cache is not None:
+                    k_cache[key] = k
             return attention_rows(q, k, torch.arange(q.shape[2]), max_elements=max_elements, device=device)
         return attention_rows(self.q[key], self.k[key], positions, max_elements=max_elements, device=device)
 
     # ----------------------------------------------------------------------------------- rows
     def rows(self, positions, steps=None, layers=None, reduce_steps: bool = True,
              max_elements: int = DEFAULT_MAX_ELEMENTS, device=None,
-             node: str = "ATTN_CAPTURE", input_name: str = "positions") -> torch.Tensor:
+             node: str = "ATTN_CAPTURE", input_name: str = "positions", k_cache: dict | None = None) -> torch.Tensor:
         """Head-averaged self-attention rows of latent cells over the whole latent grid.
 
         positions: LongTensor ``[P]`` of flat latent-cell indices ``y * w + x`` on ``latent_hw``.
@@ -124,6 +148,8 @@ class AttnCapture:
         heads, mean over layers. A layer on a coarser grid maps each position by floor scaling
         and its row is nearest-upsampled to the latent grid and divided by the upsampling area,
         so every row sums to 1. Memory is bounded by ``max_elements`` scores per chunk.
+        ``k_cache``: a dict the caller keeps across calls (chunks of positions), so that each
+        layer's keys are projected once, not once per chunk.
         """
         h, w = (int(v) for v in self.latent_hw)
         positions = torch.as_tensor(positions)
@@ -150,7 +176,7 @@ class AttnCapture:
             for l in layers:
                 lhw = tuple(int(v) for v in self.layer_hw[l])
                 lpos = grid_position(positions, (h, w), lhw)
-                r = self._layer_rows(s, l, lpos, max_elements, device)
+                r = self._layer_rows(s, l, lpos, max_elements, device, k_cache)
                 r = upsample_rows(r, lhw, (h, w))
                 acc = r if acc is None else acc.add_(r)
             out.append(acc.div_(len(layers)))
@@ -166,4 +192,4 @@ class AttnCapture:
         b = self.batch
         return (f"AttnCapture(latent {w}x{h}, batch {b}, {len(self.sigmas) - 1}-step {self.scheduler or 'custom'} "
                 f"schedule, edit_step {self.edit_step}, steps {list(self.steps)}, layers {list(self.layers)}, "
-                f"v {'yes' if self.v else 'no'}, cfg {self.cfg:g}, {self.nbytes_per_step() / 1e6:.2f} MB per step)")
+                f"KV layers {list(self.kv_layers)} at steps {list(self.kv_steps)}, cfg {self.cfg:g}, {self.nbytes_per_step() / 1e6:.2f} MB per step)")

@@ -48,15 +48,24 @@ def effective_projection(linear, channels: int, heads: int, device, dtype, store
     return Projection(weight_t=weight_t, bias=bias.to(store_device).contiguous() if has_bias else None, heads=int(heads))
 
 
-def project_heads(x: torch.Tensor, proj: Projection, tokens: torch.Tensor | None = None,
-                  dtype=torch.float32, device=None) -> torch.Tensor:
-    """``x [B, T, C]`` -> ``[B, heads, T', dim]`` (``T'`` = the chosen token indices, or all)."""
+def project_tokens(x: torch.Tensor, proj: Projection, tokens: torch.Tensor | None = None,
+                   dtype=torch.float32, device=None) -> torch.Tensor:
+    """``x [B, T, C]`` -> ``[B, T', heads * dim]``, the layout attention backends take (``T'`` = the
+    chosen token indices, or all). The matmul runs in float32 on ``device``; only ``x`` (fp16) and
+    the weights travel there."""
     device = x.device if device is None else torch.device(device)
     if tokens is not None:
         x = x.index_select(1, torch.as_tensor(tokens, dtype=torch.long, device=x.device))
     y = torch.matmul(x.to(device=device, dtype=torch.float32), proj.weight_t.to(device))
     if proj.bias is not None:
         y = y.add_(proj.bias.to(device))
+    return y.to(dtype)
+
+
+def project_heads(x: torch.Tensor, proj: Projection, tokens: torch.Tensor | None = None,
+                  dtype=torch.float32, device=None) -> torch.Tensor:
+    """``x [B, T, C]`` -> ``[B, heads, T', dim]`` (``T'`` = the chosen token indices, or all)."""
+    y = project_tokens(x, proj, tokens, torch.float32, device)
     b, t, _ = y.shape
     return y.reshape(b, t, proj.heads, proj.dim).permute(0, 2, 1, 3).to(dtype)
 
@@ -83,6 +92,10 @@ class ProjectionBank(Mapping):
     def project(self, key, tokens=None, dtype=torch.float32, device=None) -> torch.Tensor:
         """The projection of ``inputs[key]`` at the chosen token indices (all by default)."""
         return project_heads(self.inputs[key], self.projections[key[1]], tokens=tokens, dtype=dtype, device=device)
+
+    def project_flat(self, key, dtype=torch.float32, device=None) -> torch.Tensor:
+        """``[B, tokens, heads * dim]``: the projection in the layout attention backends take."""
+        return project_tokens(self.inputs[key], self.projections[key[1]], dtype=dtype, device=device)
 
     def shape(self, key) -> tuple:
         b, t, _ = self.inputs[key].shape

@@ -119,10 +119,11 @@ def output_latent(latent: dict, samples: torch.Tensor) -> dict:
 def rows_fn(capture: AttnCapture, steps: tuple, batch: int, reduce_steps: bool = True):
     """positions -> attention rows on ComfyUI's torch device, batch matched to ``batch``."""
     device = host.torch_device()
+    k_cache = {}    # each layer's keys projected once for all chunks of positions, freed with f
 
     def f(positions: torch.Tensor) -> torch.Tensor:
         host.throw_if_interrupted()
-        r = capture.rows(positions, steps=steps, reduce_steps=reduce_steps, device=device)
+        r = capture.rows(positions, steps=steps, reduce_steps=reduce_steps, device=device, k_cache=k_cache)
         bdim = 0 if reduce_steps else 1
         if r.shape[bdim] != batch:
             shape = list(r.shape)

@@ -30,6 +30,8 @@ from ..attention_patch import comfy_host as host
 
 NODE = "Inversion with Attention Capture"
 PRESETS = ["latent resolution", "decoder at latent resolution", "decoder", "all", "custom"]
+KV_DRAGDIFFUSION = "decoder, two finest levels"
+KV_PRESETS = [KV_DRAGDIFFUSION, "same as layers", "decoder at latent resolution", "decoder", "all", "custom"]
 SUPPORTED = ("SD1.5-family checkpoints with epsilon prediction: SD1.5 and its fine-tunes, and LCM / "
              "LCM-LoRA models (ModelSamplingDiscrete with sampling 'lcm')")
 MAX_STEPS = 1000
@@ -78,8 +80,9 @@ def check_points(points, latent_hw) -> None:
                           f"{w}x{h} (a {8 * w}x{8 * h} image); the latent must be the image's size / 8")
 
 
-def select_layers(available, preset: str, custom: str) -> tuple:
-    """available: [(key, level)] in UNet order. Returns the chosen layer keys."""
+def select_layers(available, preset: str, custom: str, names=("layers", "custom_layers")) -> tuple:
+    """available: [(key, level)] in UNet order. Returns the chosen layer keys (``names``: the inputs
+    that hold the preset and the custom list, for the error messages)."""
     keys = [k for k, _ in available]
     if preset == "latent resolution":
         chosen = [k for k, lv in available if lv == 0]
@@ -90,18 +93,35 @@ def select_layers(available, preset: str, custom: str) -> tuple:
     elif preset == "all":
         chosen = list(keys)
     elif preset == "custom":
-        names = [s.strip() for s in (custom or "").replace(";", ",").replace(" ", ",").split(",") if s.strip()]
-        if not names:
-            raise input_error(NODE, "custom_layers", f"empty; list self-attention layers separated by commas, from: {', '.join(keys)}")
-        unknown = [n for n in names if n not in keys]
+        wanted = [s.strip() for s in (custom or "").replace(";", ",").replace(" ", ",").split(",") if s.strip()]
+        if not wanted:
+            raise input_error(NODE, names[1], f"empty; list self-attention layers separated by commas, from: {', '.join(keys)}")
+        unknown = [n for n in wanted if n not in keys]
         if unknown:
-            raise input_error(NODE, "custom_layers", f"unknown layer(s) {unknown}; this model's self-attention layers are: {', '.join(keys)}")
-        chosen = [k for k in keys if k in names]
+            raise input_error(NODE, names[1], f"unknown layer(s) {unknown}; this model's self-attention layers are: {', '.join(keys)}")
+        chosen = [k for k in keys if k in wanted]
     else:
-        raise input_error(NODE, "layers", f"unknown preset {preset!r}; choose one of {PRESETS}")
+        raise input_error(NODE, names[0], f"unknown preset {preset!r}; choose one of {PRESETS}")
     if not chosen:
-        raise input_error(NODE, "layers", f"the preset {preset!r} selects no self-attention layer of this model ({', '.join(keys) or 'none'})")
+        raise input_error(NODE, names[0], f"the preset {preset!r} selects no self-attention layer of this model ({', '.join(keys) or 'none'})")
     return tuple(chosen)
+
+
+def select_kv_layers(available, preset: str, custom: str, layers: tuple) -> tuple:
+    """The self-attention layers whose keys/values KV consistency reads. ``KV_DRAGDIFFUSION``: the
+    decoder's layers on the latent grid and the next coarser one (SD1.5: output blocks 6-11, the
+    mutual self-attention of MasaCtrl / DragDiffusion that the paper's KV consistency follows)."""
+    if preset == KV_DRAGDIFFUSION:
+        chosen = tuple(k for k, lv in available if lv <= 1 and k.startswith("output."))
+        if not chosen:
+            raise input_error(NODE, "kv_layers", f"this model's decoder has no self-attention layer at the two finest levels "
+                              f"({', '.join(k for k, _ in available) or 'none'}); choose another preset")
+        return chosen
+    if preset == "same as layers":
+        return tuple(layers)
+    if preset not in KV_PRESETS:
+        raise input_error(NODE, "kv_layers", f"unknown preset {preset!r}; choose one of {KV_PRESETS}")
+    return select_layers(available, preset, custom, names=("kv_layers", "custom_kv_layers"))
 
 
 def parse_capture_steps(text: str, n_inv: int) -> tuple:
@@ -143,8 +163,10 @@ def zero_conditioning(model, like=None):
 
 # --------------------------------------------------------------------------------- sampling
 def _inversion_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                       sigma_min=0.0, capture=None, capture_steps=(), record=None, progress=None):
-    """KSAMPLER function: DDIM inversion along the ascending ``sigmas``."""
+                       sigma_min=0.0, capture=None, capture_steps=(), kv=False, record=None, progress=None):
+    """KSAMPLER function: DDIM inversion along the ascending ``sigmas``. With ``kv`` the keys/values
+    are recorded at every step from 1 on, and one more UNet call on the final latent, at the edit
+    step's sigma, records those the first regeneration step reads."""
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
     step_sigmas = record.setdefault("step_sigmas", {})
@@ -153,7 +175,8 @@ def _inversion_sampler(model, x, sigmas, extra_args=None, callback=None, disable
         host.throw_if_interrupted()
         step_sigmas[j] = float(s)
         if capture is not None:
-            capture.set_step(j if j in capture_steps else None, s)
+            qk, kv_j = j in capture_steps, kv and j >= 1
+            capture.set_step(j if (qk or kv_j) else None, s, qk=qk, kv=kv_j)
 
     def denoise(xx, s):
         out = model(xx, s * s_in, **extra_args)
@@ -162,6 +185,10 @@ def _inversion_sampler(model, x, sigmas, extra_args=None, callback=None, disable
         return out
 
     traj = ddim_invert(denoise, x, sigmas, sigma_min, on_step=on_step)
+    if capture is not None and kv:
+        host.throw_if_interrupted()
+        capture.set_step(len(traj) - 1, qk=False, kv=True)
+        denoise(traj[-1], sigmas[-1])          # the edit step's own K/V; the output is not used
     if capture is not None:
         capture.set_step(None)
     record["trajectory"] = traj
@@ -169,7 +196,8 @@ def _inversion_sampler(model, x, sigmas, extra_args=None, callback=None, disable
 
 
 def run_inversion(model, latent, steps, edit_step, scheduler="normal", cfg=1.0, positive=None, negative=None,
-                  layers=("latent resolution", ""), capture_steps="all", capture_values=False, points=None):
+                  layers=("latent resolution", ""), capture_steps="all", capture_values=False, points=None,
+                  kv_layers=(KV_DRAGDIFFUSION, "")):
     """The node's work; ``layers=None`` runs the same inversion with no capture installed
     (for benchmarks). Returns ``(latent_dict, AttnCapture | None)``."""
     check_model(model)
@@ -192,17 +220,20 @@ def run_inversion(model, latent, steps, edit_step, scheduler="normal", cfg=1.0, 
         raise input_error(NODE, "scheduler", f"the {scheduler!r} schedule did not give {steps} steps ending at sigma 0")
     n_inv = steps - edit_step
     unet = model.model.diffusion_model
-    chosen, cap_steps, levels = None, (), {}
+    chosen, cap_steps, levels, kv_chosen = None, (), {}, ()
+    kv = bool(capture_values) and layers is not None
     if layers is not None:
         available = self_attention_layers(unet)
         chosen = select_layers(available, *layers)
         cap_steps = parse_capture_steps(capture_steps, n_inv)
         levels = dict(available)
+        if kv:
+            kv_chosen = select_kv_layers(available, *kv_layers, chosen)
 
     m = model.clone()
     capture = None
     if chosen is not None:
-        capture = SelfAttentionCapture(chosen, with_v=capture_values)
+        capture = SelfAttentionCapture(chosen, with_v=kv, kv_layers=kv_chosen)
         capture.install(m)
     if positive is None:
         positive = zero_conditioning(model)
@@ -213,9 +244,9 @@ def run_inversion(model, latent, steps, edit_step, scheduler="normal", cfg=1.0, 
     guider.set_conds(positive, negative)
     guider.set_cfg(float(cfg))
     record = {}
-    progress = host.ProgressBar(n_inv)
+    progress = host.ProgressBar(n_inv + int(kv))
     sampler = host.KSAMPLER(_inversion_sampler, extra_options=dict(
-        sigma_min=float(sampling.sigma_min), capture=capture, capture_steps=cap_steps,
+        sigma_min=float(sampling.sigma_min), capture=capture, capture_steps=cap_steps, kv=kv,
         record=record, progress=progress))
     up = inversion_sigmas(sigmas, edit_step)
     noise = torch.zeros_like(samples, device="cpu")
@@ -229,13 +260,16 @@ def run_inversion(model, latent, steps, edit_step, scheduler="normal", cfg=1.0, 
 
     banks = capture.take()
     trajectory = tuple(t.detach().to(inter, torch.float32) for t in record["trajectory"])
-    layer_hw = {k: banks["layer_hw"].get(k, grid_at_level(latent_hw, levels[k])) for k in chosen}
+    layer_hw = {k: banks["layer_hw"].get(k, grid_at_level(latent_hw, levels[k])) for k in dict.fromkeys(chosen + kv_chosen)}
+    kv_steps = tuple(range(1, n_inv + 1)) if kv else ()
     missing = [(s, k) for s in cap_steps for k in chosen if (s, k) not in banks["q"]]
+    missing += [(s, k) for s in kv_steps for k in kv_chosen if (s, k) not in banks["v"]]
     if missing:
         raise RuntimeError(f"{NODE}: the UNet did not run the self-attention of {missing[:4]}; is another patch replacing it?")
     cap = AttnCapture(latent_hw=latent_hw, sigmas=sigmas, edit_step=edit_step, trajectory=trajectory,
                       steps=cap_steps, layers=chosen, layer_hw=layer_hw, q=banks["q"], k=banks["k"], v=banks["v"],
-                      step_sigmas=dict(record.get("step_sigmas", {})), scheduler=scheduler, cfg=float(cfg))
+                      step_sigmas=dict(record.get("step_sigmas", {})),
+                      scheduler=scheduler, cfg=float(cfg), kv_layers=kv_chosen, kv_steps=kv_steps)
     return result, cap.validate(NODE, "capture")
 
 
@@ -275,13 +309,22 @@ class InvertWithAttentionCapture(io.ComfyNode):
                                 tooltip="Inversion steps to record: 'all' or numbers/ranges like '0, 2-4'. Step j is the j-th UNet call, "
                                         "from the clean latent (j = 0) towards the edit step."),
                 io.Boolean.Input("capture_values", default=False, optional=True,
-                                 tooltip="Also record the values (v) of the self-attention, for KV consistency during regeneration (+50% memory)."),
+                                 tooltip="Also record the keys and values of the kv_layers for KV consistency during regeneration: "
+                                         "at every step a regeneration from edit_step makes, which costs one more UNet call "
+                                         "(at the edit step itself)."),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Prompt describing the image (optional). Without it a zero conditioning is used."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative prompt, used only when cfg != 1; without it the zeroed positive is used."),
                 DragPointsType.Input("points", optional=True,
                                      tooltip="Drag points, checked against the latent: they must be placed on the image of 8 x the latent's size, inside it."),
+                io.Combo.Input("kv_layers", options=KV_PRESETS, default=KV_DRAGDIFFUSION, optional=True,
+                               tooltip="With capture_values: the self-attention layers whose keys/values KV consistency reads. "
+                                       f"'{KV_DRAGDIFFUSION}' (default): the decoder's layers on the latent grid and the next "
+                                       "coarser one, SD1.5's output blocks 6-11, as DragDiffusion's mutual self-attention which the "
+                                       "paper follows; 'same as layers': the capture layers; 'custom': the list in custom_kv_layers."),
+                io.String.Input("custom_kv_layers", default="", optional=True,
+                                tooltip="With kv_layers = custom: comma-separated layer keys 'block.number.index', e.g. 'output.6.0, output.11.0'."),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent", tooltip="The latent at the edit step; resume sampling from it with start_at_step = edit_step."),
@@ -291,10 +334,11 @@ class InvertWithAttentionCapture(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, steps=10, edit_step=5, scheduler="normal", cfg=1.0, layers="latent resolution",
-                custom_layers="", capture_steps="all", capture_values=False, positive=None, negative=None, points=None):
+                custom_layers="", capture_steps="all", capture_values=False, positive=None, negative=None, points=None,
+                kv_layers=KV_DRAGDIFFUSION, custom_kv_layers=""):
         out, cap = run_inversion(model, latent, steps, edit_step, scheduler, cfg, positive, negative,
                                  layers=(layers, custom_layers), capture_steps=capture_steps,
-                                 capture_values=capture_values, points=points)
+                                 capture_values=capture_values, points=points, kv_layers=(kv_layers, custom_kv_layers))
         return io.NodeOutput(out, cap)
 
 

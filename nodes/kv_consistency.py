@@ -18,9 +18,10 @@ class KVConsistency(io.ComfyNode):
             category=CATEGORY_ATTENTIONDRAG,
             description=(
                 "Regeneration with KV consistency (as DragDiffusion / FastDrag): returns a clone of the MODEL "
-                "whose captured self-attention layers attend with the keys and values saved while the original "
-                "image was inverted; the model passed in is not modified. At each UNet call the captured step "
-                "with the nearest sigma (in log sigma) is used. Output = (1 - strength) * own attention + "
+                "whose self-attention layers (the capture's kv_layers) attend with the keys and values saved while "
+                "the original image was inverted; the model passed in is not modified. Each UNet call reads the "
+                "keys/values the inversion saved at that very sigma; a sampler that calls the UNet at any other sigma "
+                "(other steps, scheduler or start step) stops with an error. Output = (1 - strength) * own attention + "
                 "strength * attention over the saved K/V (strength 0 = unpatched, 1 = full replacement); both "
                 "the conditional and the unconditional batch entries read the saved (conditional) K/V. The "
                 "capture must hold values (enable them on 'Inversion with Attention Capture'). Switched off, "
@@ -42,11 +43,9 @@ class KVConsistency(io.ComfyNode):
         capture = ad.check_capture(capture, NODE)
         if not (0.0 <= strength <= 1.0):
             raise input_error(NODE, "strength", f"{strength} is outside 0..1")
-        missing = [(s, l) for s in capture.steps for l in capture.layers if (s, l) not in capture.v]
-        if missing:
-            raise input_error(NODE, "capture", "the capture holds no values for "
-                              f"{len(missing)} step/layer pairs (e.g. step {missing[0][0]}, layer {missing[0][1]}); "
-                              "enable capturing values on 'Inversion with Attention Capture'")
+        if not capture.kv_layers or not capture.kv_steps:
+            raise input_error(NODE, "capture", "the capture holds no keys/values for KV consistency; "
+                              "enable capture_values on 'Inversion with Attention Capture'")
         return io.NodeOutput(apply_kv_consistency(model, capture, strength))
 
 

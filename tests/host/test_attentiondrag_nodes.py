@@ -281,10 +281,14 @@ def test_kv_consistency_reads_the_saved_keys_and_values(real, host):
     assert repr(m.model_options) == before and "patches_replace" not in m.model_options["transformer_options"]
     assert off is m and kv1 is not m
     replaced = kv1.model_options["transformer_options"]["patches_replace"]["attn1"]
-    assert set(replaced) == {tuple(int(p) if p.isdigit() else p for p in layer.split(".")) for layer in cap.layers}
+    # the KV layers are their own choice (default: the decoder's, as DragDiffusion), not the capture layers
+    assert cap.kv_layers == ("output.0.0", "output.1.0") and cap.layers == ("input.1.0", "output.0.0", "output.1.0")
+    assert set(replaced) == {tuple(int(p) if p.isdigit() else p for p in layer.split(".")) for layer in cap.kv_layers}
     cond = real["pos"][0][0]
-    j = cap.steps[-1]
-    s = cap.step_sigmas[j]
+    # KV step n - edit_step: the extra UNet call on the latent at the edit step, the first one a regeneration makes
+    j = cap.kv_steps[-1]
+    assert j == STEPS - EDIT and cap.kv_sigmas()[j] == pytest.approx(float(cap.sigmas[EDIT]))
+    s = cap.kv_sigmas()[j]
     x = cap.trajectory[j].float()
     x2 = torch.roll(x, 5, dims=-1)                      # another latent: its own K/V differ from the saved ones
     both, c2 = torch.cat([x, x2]), cond.expand(2, -1, -1)
@@ -297,9 +301,88 @@ def test_kv_consistency_reads_the_saved_keys_and_values(real, host):
     other = float((out[1:] - ref[1:]).abs().max())
     scale = float(ref.abs().max())
     assert same <= 1e-3 * scale and other >= 20 * same, (same, other, scale)
-    bare = type(cap)(**{**cap.__dict__, "v": {}})
-    with pytest.raises(ValueError, match=r"AttentionDrag KV Consistency: input 'capture': the capture holds no values"):
+    bare = type(cap)(**{**cap.__dict__, "kv_layers": (), "kv_steps": (), "v": {}})
+    with pytest.raises(ValueError, match=r"AttentionDrag KV Consistency: input 'capture': the capture holds no keys/values"):
         harness.run_node("DragFusionKVConsistency", model=m, capture=bare, enabled=True, strength=1.0)
+
+
+def _kv_steps_read(model):
+    """Wrap the KV cache of a KV-consistent clone: the list of (step, layer) each UNet call reads."""
+    patches = model.model_options["transformer_options"]["patches_replace"]["attn1"]
+    cache = next(iter(patches.values())).cache
+    seen, get = [], cache.get
+
+    def spy(step, layer, *a):
+        seen.append((step, layer))
+        return get(step, layer, *a)
+
+    cache.get = spy
+    return cache, seen
+
+
+def test_each_regeneration_step_reads_the_keys_and_values_saved_at_its_own_sigma(real, host):
+    """The regeneration from edit step 3 of 6 calls the UNet at sigmas[3], [4], [5]: it reads KV steps 3, 2, 1
+    (the UNet calls of the inversion on those very latents at those sigmas), each projected once, and the
+    cache is empty after the run. Before the fix the first call found no edit-step K/V and silently reused step 2."""
+    (kv,) = harness.run_node("DragFusionKVConsistency", model=real["model"], capture=real["cap"], enabled=True,
+                             strength=1.0).result
+    cache, seen = _kv_steps_read(kv)
+    real["resume"](kv, real["zl"])
+    layers = real["cap"].kv_layers
+    assert seen == [(j, layer) for j in (3, 2, 1) for layer in layers]
+    assert cache.projections == 3 * len(layers) and not cache.entries
+
+
+def test_kv_regeneration_of_the_unedited_latent_stays_on_the_plain_regeneration(real, host):
+    """With no edit, the first regeneration call reads the K/V of the very latent it denoises (the edit step's
+    own capture); the later calls those of the inversion latents, which differ from the regenerated ones only by
+    the inversion error. Reading the neighbouring step at the edit step instead (the off-by-one this replaced)
+    takes the result much further from the plain regeneration."""
+    from dragfusion.guidance.projection_bank import ProjectionBank
+    cap = real["cap"]
+
+    def regenerate(c):
+        (kv,) = harness.run_node("DragFusionKVConsistency", model=real["model"], capture=c, enabled=True, strength=1.0).result
+        return real["resume"](kv, real["zl"])["samples"]
+
+    def shifted(bank):       # KV step 3 (the edit step) holds step 2's inputs, as the nearest-sigma lookup read
+        inputs = dict(bank.inputs)
+        for layer in cap.kv_layers:
+            inputs[(3, layer)] = bank.inputs[(2, layer)]
+        return ProjectionBank(inputs, bank.projections)
+
+    ref = real["direct"]["samples"]
+    err = float((regenerate(cap) - ref).abs().max())
+    off_by_one = float((regenerate(type(cap)(**{**cap.__dict__, "k": shifted(cap.k), "v": shifted(cap.v)})) - ref).abs().max())
+    moved = float((ref - real["zl"]["samples"]).abs().max())
+    print(f"KV regeneration vs plain: {err:.3g}, off by one: {off_by_one:.3g}, latent moved {moved:.3g}")
+    assert err <= 0.02 * moved and off_by_one >= 3 * err, (err, off_by_one, moved)
+
+
+def test_kv_consistency_refuses_a_regeneration_on_another_schedule(real, host):
+    (kv,) = harness.run_node("DragFusionKVConsistency", model=real["model"], capture=real["cap"], enabled=True,
+                             strength=1.0).result
+    with pytest.raises(ValueError, match=r"AttentionDrag KV Consistency: the sampler called the UNet at sigma .* "
+                                         r"not a step of the captured regeneration \(6-step simple schedule from step 3"):
+        legacy(host, "KSamplerAdvanced", model=kv, add_noise="disable", noise_seed=0, steps=8, cfg=1.0,
+               sampler_name="euler", scheduler="simple", positive=real["pos"], negative=real["pos"],
+               latent_image=real["zl"], start_at_step=4, end_at_step=10000, return_with_leftover_noise="disable")
+
+
+def test_kv_layer_presets(real, host):
+    lat = {"samples": real["zl"]["samples"]}
+    run = lambda **kw: harness.run_node("DragFusionInvertCapture", model=real["model"], latent=lat, steps=3, edit_step=2,  # noqa: E731
+                                        scheduler="simple", capture_values=True, **kw).result[1]
+    same = run(kv_layers="same as layers", layers="custom", custom_layers="input.1.0")
+    assert same.kv_layers == same.layers == ("input.1.0",) and same.kv_steps == (1,)
+    assert set(same.v) == {(1, "input.1.0")} and set(same.q) == {(0, "input.1.0")}
+    custom = run(kv_layers="custom", custom_kv_layers="output.1.0")
+    assert custom.kv_layers == ("output.1.0",) and set(custom.v) == {(1, "output.1.0")}
+    with pytest.raises(ValueError, match=r"Inversion with Attention Capture: input 'custom_kv_layers': unknown layer"):
+        run(kv_layers="custom", custom_kv_layers="output.7.0")
+    plain = harness.run_node("DragFusionInvertCapture", model=real["model"], latent=lat, steps=3, edit_step=2,
+                             scheduler="simple").result[1]
+    assert not plain.v and plain.kv_layers == () and plain.kv_steps == ()
 
 
 def test_drag_edit_on_a_dragbench_image(real, host):

@@ -143,7 +143,13 @@ def test_node_captures_the_contract_and_leaves_the_model_alone(tiny):
     assert len(cap.trajectory) == 5
     for (s, l), q in cap.q.items():
         assert q.shape == (2, 8, 48, 40) and q.dtype == torch.float16 and q.device.type == "cpu"
-        assert cap.k[(s, l)].shape == cap.v[(s, l)].shape == q.shape
+        assert cap.k[(s, l)].shape == q.shape
+    # keys/values of the KV layers (the decoder's by default) at every step a regeneration reads: 1..4
+    assert cap.kv_layers == ("output.0.0", "output.1.0") and cap.kv_steps == (1, 2, 3, 4)
+    assert set(cap.v) == {(s, l) for s in (1, 2, 3, 4) for l in cap.kv_layers}
+    for key in cap.v:
+        assert cap.k[key].shape == cap.v[key].shape == (2, 8, 48, 40)
+    assert cap.kv_sigmas() == {j: pytest.approx(float(cap.sigmas[10 - j])) for j in (1, 2, 3, 4)}
     assert cap.layer_hw == {l: (8, 6) for l in cap.layers}
     n = 10
     for j in cap.steps:

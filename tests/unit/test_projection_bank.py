@@ -100,3 +100,25 @@ def test_rows_over_a_bank_equal_naive_softmax_and_the_bytes_are_the_inputs():
     assert cap.batch == b
     assert cap.nbytes_per_step(0) == sum(t.numel() * 2 for (s, _), t in xs.items() if s == 0)  # x once for q and k
     assert cap.nbytes_fixed() == 2 * 2 * c * c * 4 + 2 * c * 4  # Wq, Wk per layer, k's bias
+    # a key cache kept across calls projects each layer's keys once, and gives the same rows
+    calls = []
+    project = k.project
+    k.project = lambda key, **kw: calls.append((key, kw.get("tokens"))) or project(key, **kw)
+    cache = {}
+    chunks = [cap.rows(positions[i:i + 2], reduce_steps=False, max_elements=64, k_cache=cache) for i in (0, 2)]
+    torch.testing.assert_close(torch.cat(chunks, 2), got)
+    assert sorted(calls, key=str) == sorted(((s, l), None) for s in (0, 1) for l in layers) and set(cache) == set(xs)
+
+
+def test_project_flat_is_the_attention_backend_layout():
+    b, t, c, heads = 2, 7, 12, 3
+    lin = linear(c, c, True, 9)
+    x = torch.randn(b, t, c, generator=torch.Generator().manual_seed(10)).half()
+    bank = ProjectionBank({(0, "L"): x}, {"L": effective_projection(lin, c, heads, "cpu", torch.float32, "cpu")})
+    flat = bank.project_flat((0, "L"), dtype=torch.float16)
+    with torch.no_grad():
+        expect = lin(x.float())
+    assert flat.shape == (b, t, c) and flat.dtype == torch.float16 and flat.is_contiguous()
+    torch.testing.assert_close(flat.float(), expect, atol=2e-3, rtol=2e-3)
+    heads_view = bank.project((0, "L"))
+    torch.testing.assert_close(heads_view.permute(0, 2, 1, 3).reshape(b, t, c), expect, atol=1e-5, rtol=1e-5)
