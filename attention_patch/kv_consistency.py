@@ -16,9 +16,10 @@ unpatched layer; strength 1 replaces the keys and values outright. The saved key
 those of the conditional half of the inversion batch; they are used for every entry of the
 batch being sampled (conditional and unconditional alike).
 
-The keys and values are projected once per sampling run, on the sampling device and in the
-UNet's dtype, straight into the ``[batch, tokens, heads * dim]`` layout the backend takes, and
-cached; an OUTER_SAMPLE wrapper empties the cache when the run ends, so no device memory is held
+The keys and values are projected once per step, on the sampling device and in the UNet's
+dtype, straight into the ``[batch, tokens, heads * dim]`` layout the backend takes, and cached for
+the step's layers (and a second sampler pass, e.g. CFG's, at that step); the cache holds one step
+at a time and an OUTER_SAMPLE wrapper empties it when the run ends, so no device memory is held
 between runs.
 """
 from __future__ import annotations
@@ -60,13 +61,17 @@ class KVCache:
     def __init__(self, k_bank, v_bank):
         self.k_bank, self.v_bank = k_bank, v_bank
         self.entries = {}
+        self.step = None
         self.projections = 0            # how many K/V pairs were projected (tests, benchmarks)
+        self.peak_nbytes = 0
 
     def __deepcopy__(self, memo):
         return self  # model_options are deep-copied on every clone; the saved K/V must not be
 
     def get(self, step: int, layer: str, batch: int, device, dtype):
         key = (step, layer, batch, str(device), dtype)
+        if step != self.step:           # the sampler moved on: the previous step's K/V are not read again
+            self.entries, self.step = {}, step
         hit = self.entries.get(key)
         if hit is None:
             k, v = (self._project(bank, (step, layer), device, dtype) for bank in (self.k_bank, self.v_bank))
@@ -76,6 +81,7 @@ class KVCache:
                 k, v = k.repeat(batch // k.shape[0], 1, 1), v.repeat(batch // v.shape[0], 1, 1)
             hit = self.entries[key] = (k, v)
             self.projections += 1
+            self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
         return hit
 
     @staticmethod
@@ -88,7 +94,7 @@ class KVCache:
         return sum(t.numel() * t.element_size() for pair in self.entries.values() for t in pair)
 
     def clear(self):
-        self.entries = {}
+        self.entries, self.step = {}, None
 
     def outer_sample_wrapper(self, executor, *args, **kwargs):
         try:

@@ -81,6 +81,30 @@ def pick_checkpoint(names: list[str], folders: list[str] | None = None) -> tuple
     return None, "no checkpoint"
 
 
+def pick_lcm_lora(names: list[str]) -> str | None:
+    """SD1.5's LCM-LoRA among the host's models/loras names: 'lcm' in the name and no marker of
+    another architecture (SDXL, SSD-1B, SD3, Flux); the exact file name of the example workflow first."""
+    from workflow_specs import LCM_LORA_FILE
+    if LCM_LORA_FILE in names:
+        return LCM_LORA_FILE
+    for n in sorted(names):
+        low = os.path.basename(n).lower()
+        if "lcm" in low and not any(x in low for x in ("xl", "ssd", "sd3", "flux", "1b")):
+            return n
+    return None
+
+
+def use_lcm_lora(ui: dict, lora: str) -> bool:
+    """Un-bypass the example workflow's 'LCM-LoRA for SD1.5' node with ``lora``; False if it has none."""
+    from workflow_specs import LCM_LORA_NODE
+    for n in ui["nodes"]:
+        if n["id"] == LCM_LORA_NODE and n["type"] == "LoraLoaderModelOnly":
+            n["mode"] = 0
+            n["widgets_values"][0] = lora
+            return True
+    return False
+
+
 def choose_input(ckpt: str | None, sample: str | None = None, scene: bool = False) -> str:
     """'scene' or 'photo': the ShapeDrag model gets a ShapeDrag scene, every other checkpoint (yours, the
     tiny random one, none) the bundled photo; --sample forces a photo, --scene the scene."""
@@ -238,6 +262,15 @@ def main(argv=None):
         else:
             ckpt, why = pick_checkpoint(list(ckpts), [os.path.join(harness.COMFYUI_DIR, "models", "checkpoints")])
         ui = workflows.load(a.workflow)
+        lcm_note = None
+        if ckpt not in (TINY, TRAINED, None) and any(n["type"] == "LoraLoaderModelOnly" for n in ui["nodes"]):
+            loras = info.get("LoraLoaderModelOnly", {}).get("input", {}).get("required", {}).get("lora_name", [[]])[0]
+            lora = pick_lcm_lora(list(loras))
+            if lora and use_lcm_lora(ui, lora):
+                lcm_note = f"LCM-LoRA {lora} applied (the paper's LCM-distilled UNet)"
+            else:
+                lcm_note = ("no SD1.5 LCM-LoRA in models/loras: your checkpoint runs as plain SD1.5 on the LCM timestep "
+                            "grid, not the LCM-distilled UNet the paper uses; put lcm-lora-sdv1-5.safetensors there for that")
         prompt = workflows.ui_to_api(ui, info)
         uses_ckpt = any("ckpt_name" in n["inputs"] for n in prompt.values())
         kind = choose_input(ckpt if uses_ckpt else None, a.sample, a.scene)
@@ -247,6 +280,8 @@ def main(argv=None):
         apply_settings(prompt, settings_for(ckpt if uses_ckpt else None, kind))
         if uses_ckpt:
             print(f"[demo] checkpoint: {ckpt} ({why})")
+            if lcm_note:
+                print(f"[demo] {lcm_note}")
         if scene:
             print(f"[demo] input: ShapeDrag scene {sample} (bench/shapedrag, seed {scene['seed']}, sample "
                   f"{scene['index']}; handle {scene['handle']} -> target {scene['target']})")

@@ -22,13 +22,20 @@ SPECS = {
 }
 
 # AttentionDrag (paper defaults: LCM schedule, 10 steps, edit at step 5, no CFG, tau 2.0).
+LCM_LORA_NODE = 40
+LCM_LORA_FILE = "lcm-lora-sdv1-5.safetensors"
+LCM_LORA_TITLE = "LCM-LoRA for SD1.5 (bypassed; Ctrl+B to use it)"
 def _attentiondrag_front() -> list:
     """Nodes 1-7 of both AttentionDrag workflows: checkpoint (LCM sampling), sample, prompt, VAE encode,
     Inversion with Attention Capture (output 0 the latent at step 5, output 1 the capture)."""
     return [
         {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100], "widgets": {"ckpt_name": "dragfusion_tiny_sd15.safetensors"}},
-        {"id": 2, "type": "ModelSamplingDiscrete", "pos": [50, 300], "widgets": {"sampling": "lcm", "zsnr": False},
-         "links": {"model": [1, 0]}},
+        # the paper's LCM-distilled UNet: SD1.5's LCM-LoRA from models/loras; bypassed (mode 4) so the workflow runs
+        # without the file -- un-bypass it (Ctrl+B) with your SD1.5 checkpoint; scripts/demo does when the file is there
+        {"id": LCM_LORA_NODE, "type": "LoraLoaderModelOnly", "pos": [50, 250], "mode": 4, "title": LCM_LORA_TITLE,
+         "widgets": {"lora_name": LCM_LORA_FILE, "strength_model": 1.0}, "links": {"model": [1, 0]}},
+        {"id": 2, "type": "ModelSamplingDiscrete", "pos": [50, 350], "widgets": {"sampling": "lcm", "zsnr": False},
+         "links": {"model": [LCM_LORA_NODE, 0]}},
         {"id": 3, "type": "DragFusionLoadDragBenchSample", "pos": [50, 450],
          "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
         {"id": 4, "type": "CLIPTextEncode", "pos": [400, 100], "links": {"clip": [1, 1], "text": [3, 3]}},
@@ -82,7 +89,9 @@ ATTENTION_DRAG_INPAINT = _attentiondrag_front() + [
 
 SPECS["attention_drag.json"] = (ATTENTION_DRAG, [
     "AttentionDrag (one-step drag editing from the UNet's own self-attention). Paper defaults: an LCM model "
-    "(here ModelSamplingDiscrete 'lcm'; with plain SD1.5 add LoraLoaderModelOnly with LCM-LoRA before it), 10 steps, "
+    "(ModelSamplingDiscrete 'lcm' on an LCM-distilled UNet: the node 'LCM-LoRA for SD1.5' is bypassed so the workflow runs "
+    "without the file; with your SD1.5 checkpoint put SD1.5's LCM-LoRA, lcm-lora-sdv1-5.safetensors, in models/loras and "
+    "press Ctrl+B on it -- without it plain SD1.5 runs on the LCM timestep grid, which is not what the paper does), 10 steps, "
     "inversion to step 5, cfg 1, tau 2.0. Inversion with Attention Capture records q/k/v; AutoMask (Eq. 11-12, "
     "reference 'mean' here because the paper's literal 'handle' reference is empty when the handle attends most to "
     "itself; the sample's own editable region is united with it so the edit never stalls on an empty mask -- "

@@ -72,7 +72,7 @@ def build_ui(spec: list, object_info: dict, notes: list | None = None) -> dict:
         outputs = [{"name": oname, "type": otype, "links": out_links.get((n["id"], i), []), "slot_index": i}
                    for i, (oname, otype) in enumerate(zip(info["output_name"], info["output"]))]
         node = {"id": n["id"], "type": n["type"], "pos": n.get("pos", [100 + 350 * order, 100]),
-                "size": n.get("size", [320, 120 + 26 * len(widgets)]), "flags": {}, "order": order, "mode": 0,
+                "size": n.get("size", [320, 120 + 26 * len(widgets)]), "flags": {}, "order": order, "mode": n.get("mode", 0),
                 "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": n["type"]},
                 "widgets_values": widgets}
         if "title" in n:
@@ -87,12 +87,33 @@ def build_ui(spec: list, object_info: dict, notes: list | None = None) -> dict:
             "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
+BYPASS, MUTED = 4, 2
+
+
+def _source(ui: dict, link_src: dict, src: int, slot: int):
+    """Where a link from output ``slot`` of node ``src`` really comes from: through bypassed nodes
+    (mode 4), which hand their first input of the output's type on, as the frontend does; None when a
+    bypassed node has no such input linked."""
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    seen = set()
+    while by_id[src].get("mode", 0) == BYPASS and src not in seen:
+        seen.add(src)
+        node = by_id[src]
+        typ = node["outputs"][slot]["type"]
+        link = next((i.get("link") for i in node.get("inputs", []) if i.get("type") == typ and i.get("link") is not None), None)
+        if link is None:
+            return None
+        src, slot = link_src[link]
+    return src, slot
+
+
 def ui_to_api(ui: dict, object_info: dict) -> dict:
-    """The API-format prompt the frontend would queue for this UI workflow."""
+    """The API-format prompt the frontend would queue for this UI workflow (muted and bypassed nodes
+    left out, links through a bypassed node taken from its input of the same type)."""
     link_src = {l[0]: (l[1], l[2]) for l in ui["links"]}
     prompt = {}
     for n in ui["nodes"]:
-        if n["type"] in SKIP_TYPES or n.get("mode", 0) in (2, 4):
+        if n["type"] in SKIP_TYPES or n.get("mode", 0) in (MUTED, BYPASS):
             continue
         info = object_info[n["type"]]
         linked = {i["name"]: i.get("link") for i in n.get("inputs", []) if i.get("link") is not None}
@@ -105,8 +126,9 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
                 if _has_control(name, typ, opts) and values and values[0] in ("fixed", "increment", "decrement", "randomize"):
                     values.pop(0)
             if name in linked:
-                src, slot = link_src[linked[name]]
-                inputs[name] = [str(src), slot]
+                found = _source(ui, link_src, *link_src[linked[name]])
+                if found is not None:
+                    inputs[name] = [str(found[0]), found[1]]
         prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
     return prompt
 

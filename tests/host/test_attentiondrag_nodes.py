@@ -331,6 +331,9 @@ def test_each_regeneration_step_reads_the_keys_and_values_saved_at_its_own_sigma
     layers = real["cap"].kv_layers
     assert seen == [(j, layer) for j in (3, 2, 1) for layer in layers]
     assert cache.projections == 3 * len(layers) and not cache.entries
+    # one step's K and V at a time, in the UNet's dtype (float32 on this CPU host), 320 channels per layer
+    one_step = sum(2 * real["cap"].layer_hw[l][0] * real["cap"].layer_hw[l][1] * 320 * 4 for l in layers)
+    assert cache.peak_nbytes == one_step
 
 
 def test_kv_regeneration_of_the_unedited_latent_stays_on_the_plain_regeneration(real, host):

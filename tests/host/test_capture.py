@@ -1,5 +1,7 @@
 """Self-attention capture and the inversion node in the real ComfyUI (tiny SD1.5 checkpoint, CPU)."""
 import copy
+import os
+import sys
 
 import pytest
 import torch
@@ -250,3 +252,18 @@ def test_schema_has_tooltips_and_category(host):
         for name, spec in info.get(section, {}).items():
             assert spec[1].get("tooltip"), name
     assert cls.CATEGORY == "DragFusion/AttentionDrag"
+
+
+def test_layout_byte_count_is_what_a_real_capture_holds(tiny):
+    """bench/capture_layout.py's count (each layer's fp16 input once per step, q/k and KV layers united) equals
+    nbytes_per_step of a real capture with values, so its SD1.5 table is the capture's own bytes."""
+    sys.path.insert(0, os.path.join(harness.REPO, "bench"))
+    import capture_layout
+    model, pos, _ = tiny
+    out, cap = run(model, latent(21, hw=(8, 6)), steps=6, edit_step=2, positive=pos, capture_values=True,
+                   layers="custom", custom_layers="input.1.0, output.0.0")
+    table, _ = capture_layout.layer_table(model.model.diffusion_model, (8, 6))
+    assert cap.kv_layers == ("output.0.0", "output.1.0")
+    assert cap.nbytes_per_step() == capture_layout.step_bytes(table, cap.layers + cap.kv_layers) == 3 * 48 * 320 * 2
+    assert cap.nbytes_per_step(0) == capture_layout.step_bytes(table, cap.layers)            # step 0: no K/V read
+    assert cap.nbytes_per_step(4) == capture_layout.step_bytes(table, cap.kv_layers)         # the edit step: K/V only

@@ -79,3 +79,57 @@ def test_inpaint_with_an_empty_mask_is_a_clear_error(server, object_info, data_d
     assert hist["status"]["status_str"] == "error"
     err = harness.execution_error(hist)
     assert "AttentionDrag Interpolate: input 'mask': inpainting needs a mask" in err["exception_message"]
+
+
+def test_lcm_lora_node_is_bypassed_until_a_lora_is_there(server, object_info, data_dir, tmp_path):
+    """The example workflow carries SD1.5's LCM-LoRA as a bypassed LoraLoaderModelOnly: queued as it is, the
+    model goes straight from the checkpoint to ModelSamplingDiscrete. Un-bypassed as scripts/demo does when
+    models/loras holds an LCM-LoRA (here a small LoRA for the tiny checkpoint, built in the test), the LoRA
+    is in the graph and changes the result."""
+    import torch
+    from safetensors.torch import save_file
+    sys.path.insert(0, os.path.join(harness.REPO, "scripts"))
+    import demo
+    from workflow_specs import LCM_LORA_NODE
+    plain = prepare("attention_drag.json", object_info)
+    assert "LoraLoaderModelOnly" not in {n["class_type"] for n in plain.values()}
+    msd = next(n["inputs"] for n in plain.values() if n["class_type"] == "ModelSamplingDiscrete")
+    assert msd["model"] == ["1", 0]
+    loras = os.path.join(harness.COMFYUI_DIR, "models", "loras")
+    os.makedirs(loras, exist_ok=True)
+    name = f"test_lcm_tiny_{os.getpid()}.safetensors"
+    g = torch.Generator().manual_seed(0)
+    base = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_"
+    sd = {}
+    for p in ("q", "k", "v"):
+        sd[f"{base}{p}.lora_up.weight"] = torch.randn(40 * 8, 4, generator=g)
+        sd[f"{base}{p}.lora_down.weight"] = torch.randn(4, 40 * 8, generator=g)
+        sd[f"{base}{p}.alpha"] = torch.tensor(4.0)
+    path = os.path.join(loras, name)
+    save_file(sd, path)
+    try:
+        info = server.get("/object_info/LoraLoaderModelOnly")
+        assert demo.pick_lcm_lora(info["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]) is not None
+        ui = workflows.load("attention_drag.json")
+        assert demo.use_lcm_lora(ui, name)
+        with_lora = workflows.ui_to_api(ui, object_info)
+        lora = with_lora[str(LCM_LORA_NODE)]
+        assert lora["class_type"] == "LoraLoaderModelOnly" and lora["inputs"]["model"] == ["1", 0]
+        msd = next(n["inputs"] for n in with_lora.values() if n["class_type"] == "ModelSamplingDiscrete")
+        assert msd["model"] == [str(LCM_LORA_NODE), 0]
+        results = []
+        for i, prompt in enumerate((plain, with_lora)):
+            for node in prompt.values():
+                ins = node["inputs"]
+                if "ckpt_name" in ins:
+                    ins["ckpt_name"] = harness.TINY_CKPT
+                if node["class_type"] == "DragFusionLoadDragBenchSample":
+                    ins["size"] = "fit 128 (multiple of 8)"
+                if node["class_type"] == "SaveImage":
+                    ins["filename_prefix"] = f"test_lcm_lora_{i}_{os.getpid()}"
+            hist = server.run(prompt, timeout=300)
+            assert hist["status"]["status_str"] == "success", f"{harness.execution_error(hist)}\n{server.log_tail()}"
+            results.append(saved_images(server, hist)[0][:, 384:].astype(np.int16))
+        assert np.abs(results[0] - results[1]).mean() > 1.0
+    finally:
+        os.remove(path)

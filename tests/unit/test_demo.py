@@ -113,3 +113,26 @@ def test_scene_score_reads_the_result_panel():
     assert moved["md"] < 0.5 and not moved["lost"]
     assert still["md"] == pytest.approx(still["md0"], abs=0.5) and still["md0"] == pytest.approx(np.hypot(*s["drag"]))
     assert demo.scene_score(side_by_side(original, np.full_like(original, 0.5)), s)["lost"]
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["lcm-lora-sdv1-5.safetensors", "lcm_sd15_other.safetensors"], "lcm-lora-sdv1-5.safetensors"),
+    (["detail.safetensors", "LCM_LoRA_SD15.safetensors"], "LCM_LoRA_SD15.safetensors"),
+    (["lcm-lora-sdxl.safetensors", "lcm-lora-ssd-1b.safetensors"], None),     # other architectures
+    (["detail.safetensors"], None),
+    ([], None),
+])
+def test_pick_lcm_lora(names, expected):
+    assert demo.pick_lcm_lora(names) == expected
+
+
+def test_use_lcm_lora_unbypasses_the_example_workflow_node():
+    import json
+    from workflow_specs import LCM_LORA_FILE, LCM_LORA_NODE
+    with open(os.path.join(REPO, "example_workflows", "attention_drag.json")) as f:
+        ui = json.load(f)
+    node = next(n for n in ui["nodes"] if n["id"] == LCM_LORA_NODE)
+    assert node["type"] == "LoraLoaderModelOnly" and node["mode"] == 4 and node["widgets_values"][0] == LCM_LORA_FILE
+    assert demo.use_lcm_lora(ui, "mine.safetensors")
+    assert node["mode"] == 0 and node["widgets_values"] == ["mine.safetensors", 1.0]
+    assert not demo.use_lcm_lora({"nodes": []}, "mine.safetensors")

@@ -1,0 +1,93 @@
+"""Capture bytes per inversion step on SD1.5's real layer layout, for every layer preset.
+
+    .venv/bin/python bench/capture_layout.py [--size 512] [--layers "latent resolution"] [--json FILE]
+
+Builds ComfyUI's own UNetModel with SD1.5's configuration on the ``meta`` device (structure only, no
+weights, nothing computed) and counts what Inversion with Attention Capture stores for it: per captured
+(step, layer) the layer's fp16 input, ``tokens x channels x 2`` bytes, held once for q, k and v (a layer
+in both the capture layers and the KV layers is stored once). The counting is the capture's own rule;
+tests/host/test_capture.py checks it against a real capture's ``nbytes_per_step`` on the tiny checkpoint.
+Also printed: the KV cache a KV-consistent regeneration holds on the sampling device (K and V of one
+step, fp16, batch 2 for CFG), and the goal of issue [attentiondrag-fidelity]: <= 12 MB per step at 512.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+# SD1.5's UNet as ComfyUI detects it from a v1-5 checkpoint (comfy.model_detection): 4 levels of
+# 320 / 640 / 1280 / 1280 channels, a transformer after every res block of the first three levels
+SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
+                 channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
+                 num_heads=8, num_head_channels=-1, context_dim=768, use_linear_in_transformer=False, legacy=False,
+                 use_spatial_transformer=True, adm_in_channels=None, use_temporal_attention=False)
+GOAL_MB = 12.0
+
+
+def sd15_unet():
+    import comfy.ops
+    import torch
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    return UNetModel(**SD15_UNET, dtype=torch.float16, device="meta", operations=comfy.ops.disable_weight_init)
+
+
+def layer_table(unet, latent_hw) -> dict:
+    """layer key -> (level, (h, w) token grid, channels) of every self-attention."""
+    inv = sys.modules[[m for m in sys.modules if m.endswith("nodes.inversion")][0]]
+    cap = sys.modules[[m for m in sys.modules if m.endswith("attention_patch.capture")][0]]
+    out = {}
+    for key, level in cap.self_attention_layers(unet):
+        hw = cap.grid_at_level(latent_hw, level)
+        out[key] = (level, hw, int(cap.attn1_module(unet, key).to_q.in_features))
+    return out, inv
+
+
+def step_bytes(table: dict, layers) -> int:
+    """fp16 layer inputs of one captured step (each layer once)."""
+    return sum(hw[0] * hw[1] * c * 2 for key, (_, hw, c) in table.items() if key in set(layers))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    import harness
+    harness.load_host()
+    unet = sd15_unet()
+    latent_hw = (a.size // 8, a.size // 8)
+    table, inv = layer_table(unet, latent_hw)
+    available = [(k, v[0]) for k, v in table.items()]
+    print(f"SD1.5 layer layout at {a.size}x{a.size} (latent {latent_hw[1]}x{latent_hw[0]}): "
+          f"{len(table)} self-attention layers\n")
+    print("| layer | grid | channels | fp16 input MB |")
+    print("|---|---|---|---|")
+    for k, (lv, hw, c) in table.items():
+        print(f"| {k} | {hw[0]}x{hw[1]} | {c} | {hw[0] * hw[1] * c * 2 / 1e6:.2f} |")
+    rows = []
+    kv_layers = inv.select_kv_layers(available, inv.KV_DRAGDIFFUSION, "", ())
+    print(f"\nKV layers '{inv.KV_DRAGDIFFUSION}': {', '.join(kv_layers)}\n")
+    print("| capture layers | layers | q/k only MB/step | with KV (decoder) MB/step | KV cache on device MB (1 step, fp16, CFG batch 2) | goal <= 12 MB |")
+    print("|---|---|---|---|---|---|")
+    kv_cache = sum(2 * 2 * table[k][1][0] * table[k][1][1] * table[k][2] * 2 for k in kv_layers)
+    for preset in inv.PRESETS[:-1]:
+        layers = inv.select_layers(available, preset, "")
+        qk = step_bytes(table, layers)
+        both = step_bytes(table, tuple(layers) + tuple(kv_layers))
+        rows.append(dict(preset=preset, layers=list(layers), qk_mb=qk / 1e6, with_kv_mb=both / 1e6, kv_cache_mb=kv_cache / 1e6))
+        print(f"| {preset} | {len(layers)} | {qk / 1e6:.2f} | {both / 1e6:.2f} | {kv_cache / 1e6:.2f} | "
+              f"{'met' if both / 1e6 <= GOAL_MB else 'NOT met'} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(size=a.size, kv_layers=list(kv_layers), rows=rows), f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
