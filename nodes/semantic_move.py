@@ -9,6 +9,9 @@ from ..attention_patch import comfy_host as host
 
 NODE = "AttentionDrag Semantic Move"
 MOVEMENTS = ("attention ratio (Eq. 6)", "rigid")
+# measured on ShapeDrag-GT (bench/shapedrag/ad_sweep.py, seed 0, 4 scenes per task, same masks): MD 2.83 / 4.06 /
+# 4.90 px (drag / 3 pairs / two objects) for rigid against 18.25 / 20.81 / 26.07 for Eq. 6
+DEFAULT_MOVEMENT = "rigid"
 
 
 class SemanticMove(io.ComfyNode):
@@ -20,7 +23,8 @@ class SemanticMove(io.ComfyNode):
             category=CATEGORY_ATTENTIONDRAG,
             description=(
                 "Semantic-based element movement (AttentionDrag Sec. 3.2). Drag vector V = target - handle in "
-                "latent cells (Eq. 5). At every chosen captured step a cell moves by A[cell] / A[handle] * V, "
+                "latent cells (Eq. 5). Default movement 'rigid': every mask cell moves by V. With the paper's "
+                "'attention ratio (Eq. 6)': at every chosen captured step a cell moves by A[cell] / A[handle] * V, "
                 "A being the handle's attention row (Eq. 6); these are averaged over the steps (Eq. 7) and set "
                 "to zero outside the mask (Eq. 8). Several pairs: each cell's movement is the sum of the "
                 "per-pair vectors weighted by the cell's share of the handles' step-averaged attention "
@@ -39,19 +43,19 @@ class SemanticMove(io.ComfyNode):
                 io.Mask.Input("mask", tooltip="Where cells may move (Eq. 8): AutoMask's output or your own, image or latent size."),
                 io.String.Input("steps", default="all",
                                 tooltip="Captured inversion steps whose movements are averaged (Eq. 7): 'all' or e.g. '0, 2, 4'."),
-                io.Combo.Input("movement_mode", display_name="movement", options=list(MOVEMENTS), default=MOVEMENTS[0],
+                io.Combo.Input("movement_mode", display_name="movement", options=list(MOVEMENTS), default=DEFAULT_MOVEMENT,
                                optional=True,
-                               tooltip="'attention ratio (Eq. 6)': a cell moves by A[cell] / A[handle] of the drag "
-                                       "(the paper). 'rigid': every mask cell moves by the whole drag (several pairs: "
-                                       "still weighted by the cell's attention to each handle); use it when the "
-                                       "object is stretched and left behind, i.e. the model's self-attention is "
-                                       "too local for Eq. 6."),
+                               tooltip="'rigid' (default): every mask cell moves by the whole drag (several pairs: "
+                                       "weighted by the cell's attention to each handle). 'attention ratio (Eq. 6)': a "
+                                       "cell moves by A[cell] / A[handle] of the drag, the paper's rule; where the "
+                                       "self-attention is local it stretches the object and leaves most of it behind "
+                                       "(ShapeDrag-GT: MD 18.3 px against 2.8 for rigid on a 24 px drag)."),
             ],
             outputs=[io.Latent.Output(display_name="latent"), io.Mask.Output(display_name="blank_mask")],
         )
 
     @classmethod
-    def execute(cls, capture, latent, points, mask, steps="all", movement_mode=MOVEMENTS[0]):
+    def execute(cls, capture, latent, points, mask, steps="all", movement_mode=DEFAULT_MOVEMENT):
         capture = ad.check_capture(capture, NODE)
         z = ad.check_latent(latent, capture, NODE)
         pairs = ad.check_points(points, capture, NODE)

@@ -39,12 +39,10 @@ PHOTO = "dragfusion_data/dragbench-dev/animals/JH_2023-09-14-1820-16"   # the bu
 # MD 33.4 px before, 2.75 px after (in-process evaluation, method ad-rigid-user).
 SCENE = (3, 5)
 SCENE_FOLDER = "dragfusion_shapedrag/demo"   # inside ComfyUI's input folder
-# What makes the drag work on the ShapeDrag model (bench/shapedrag/README.md): its own eps schedule
-# (it is not an LCM model), SemanticMove's rigid movement (MD 5.8 px against 22.2 for Eq. 6, whose
-# local self-attention leaves most of the object behind) and the scene's own mask (AutoMask adds
-# background cells: same MD, 2 dB less background PSNR).
+# What the ShapeDrag model needs beyond the workflow's defaults (bench/shapedrag/README.md): its own eps
+# schedule (it is not an LCM model) and the scene's own mask (AutoMask adds background cells: same MD,
+# 2 dB less background PSNR). SemanticMove's default movement ('rigid') is what moves the object.
 TRAINED_SETTINGS = {"ModelSamplingDiscrete": {"sampling": "eps"},
-                    "DragFusionSemanticMove": {"movement_mode": "rigid"},
                     "DragFusionAutoMask": {"mask_mode": "replace"}}
 SCENE_SETTINGS = {"DragFusionLoadDragBenchSample": {"size": "original"}}   # 128x128, the model's size
 

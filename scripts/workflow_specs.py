@@ -68,7 +68,7 @@ def _attentiondrag_tail(first: int, x: int, model: list, latent: list, side_link
 
 ATTENTION_DRAG = _attentiondrag_front() + [
     {"id": 8, "type": "DragFusionAutoMask", "pos": [1100, 100],
-     "widgets": {"tau": 2.0, "reference": "mean", "steps": "all", "dilation": 0, "mask_mode": "union"},
+     "widgets": {"tau": 4.0, "reference": "mean", "steps": "all", "dilation": 0, "mask_mode": "union"},
      "links": {"capture": [7, 1], "points": [3, 1], "mask": [3, 2]}},
     {"id": 9, "type": "DragFusionSemanticMove", "pos": [1100, 350], "widgets": {"steps": "all"},
      "links": {"capture": [7, 1], "latent": [7, 0], "points": [3, 1], "mask": [8, 0]}},
@@ -92,11 +92,13 @@ SPECS["attention_drag.json"] = (ATTENTION_DRAG, [
     "(ModelSamplingDiscrete 'lcm' on an LCM-distilled UNet: the node 'LCM-LoRA for SD1.5' is bypassed so the workflow runs "
     "without the file; with your SD1.5 checkpoint put SD1.5's LCM-LoRA, lcm-lora-sdv1-5.safetensors, in models/loras and "
     "press Ctrl+B on it -- without it plain SD1.5 runs on the LCM timestep grid, which is not what the paper does), 10 steps, "
-    "inversion to step 5, cfg 1, tau 2.0. Inversion with Attention Capture records q/k/v; AutoMask (Eq. 11-12, "
-    "reference 'mean' here because the paper's literal 'handle' reference is empty when the handle attends most to "
-    "itself; the sample's own editable region is united with it so the edit never stalls on an empty mask -- "
-    "disconnect it for the fully automatic mask), Semantic Move (Eq. 5-9), Attention Interpolate (Eq. 13), then KSamplerAdvanced resumes at step 5 "
-    "(add_noise disable, euler = DDIM, same steps and scheduler) on the model patched for KV consistency. "
+    "inversion to step 5, cfg 1. Defaults measured on ShapeDrag-GT, the paper's settings one widget away: Inversion "
+    "with Attention Capture records q/k/v; AutoMask (Eq. 11-12) reference 'mean', tau 4 (the paper's literal 'handle' "
+    "reference was empty on all 12 drag scenes); the sample's own editable region is united with it (the automatic "
+    "mask alone: MD 6.3-13.6 px, united 2.8-5.0; disconnect it for the fully automatic mask); Semantic Move (Eq. 5-9) "
+    "movement 'rigid' (the paper's Eq. 6: MD 18-26 px, the object left behind); Attention Interpolate (Eq. 13); then "
+    "KSamplerAdvanced resumes at step 5 (add_noise disable, euler = DDIM, same steps and scheduler) on the model "
+    "patched for KV consistency (each step reads the keys/values the inversion saved at that sigma). "
     "The saved image shows original | arrows | mask | result."])
 SPECS["attention_drag_inpaint.json"] = (ATTENTION_DRAG_INPAINT, [
     "AttentionDrag inpainting: no drag pairs, only a mask. The mask cells are blanks, filled from the cells they "

@@ -46,6 +46,8 @@ VARIANTS = {
     "rigid + user, layers decoder": dict(movement="rigid", automask="union", reference="mean",
                                          layers="decoder at latent resolution"),
     "rigid + user, tau 4": dict(movement="rigid", automask="union", reference="mean", tau=4.0),
+    "rigid, automask mean tau 4 alone": dict(movement="rigid", reference="mean", tau=4.0),
+    "rigid, automask mean tau 2 alone": dict(movement="rigid", reference="mean"),
     "rigid + user, normal": dict(movement="rigid", automask="union", reference="mean", scheduler="normal"),
     "rigid + user, ddim_uniform": dict(movement="rigid", automask="union", reference="mean", scheduler="ddim_uniform"),
 }

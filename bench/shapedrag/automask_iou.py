@@ -29,7 +29,7 @@ for p in (os.path.join(REPO, "tests"), os.path.join(REPO, "bench"), os.path.join
         sys.path.insert(0, p)
 
 import harness  # noqa: E402
-from shapedrag import evaluate, task_eval, tasks  # noqa: E402
+from shapedrag import evaluate, scenes, task_eval, tasks  # noqa: E402
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -79,7 +79,7 @@ def main(argv=None):
     for si, s in enumerate(samples):
         gt = object_mask(s)
         user.append(iou(s.instruction["mask"] > 0.5, gt))
-        pos, _ = ev.cond(evaluate.scenes.PROMPT)
+        pos, _ = ev.cond(scenes.PROMPT)
         pts = ev.points(s)
         latent = ev.encode(s.source)
         for preset, custom in layer_sets:

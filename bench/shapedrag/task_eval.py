@@ -18,9 +18,10 @@ Methods (every task has none, naive and default):
            style: the reference image with the source's objects pasted on it; prompt: the round trip
            regenerated under the target prompt (a plain prompt swap, no PNI)
   default  the pack's default for the task, as its example workflows wire it:
-           drag*: AttentionDrag (attention_drag.json: AutoMask tau 2 reference 'mean' united with the user
-                  mask, Semantic Move with its default movement (Eq. 6), Attention Interpolate 'attention',
-                  KV consistency), 10 steps 'simple', edit at 5, no CFG (the ShapeDrag model is not LCM);
+           drag*: AttentionDrag (attention_drag.json: AutoMask tau 4 reference 'mean' united with the user
+                  mask, Semantic Move with its default movement ('rigid'), Attention Interpolate 'attention',
+                  KV consistency on the capture layers), 10 steps 'simple', edit at 5, no CFG (the ShapeDrag
+                  model is not LCM);
            inpaint: AttentionDrag inpainting (attention_drag_inpaint.json: Attention Interpolate mode
                   'inpaint', KV consistency off);
            move / resize / paste / appearance / outpaint / style / landmarks: PNI Invert (20 steps,
@@ -29,8 +30,8 @@ Methods (every task has none, naive and default):
                   the reference tasks invert the reference the same way;
            prompt: PNI Invert (source prompt) + PNI Guider (target prompt) + SamplerCustomAdvanced
                   (DisableNoise, ddim, PNI's sigmas), pni_edit.json.
-  ad-rigid drag tasks only: AttentionDrag with Semantic Move's 'rigid' movement (the best drag of
-           bench/shapedrag/README.md).
+  ad-eq6   drag tasks only: AttentionDrag with the paper's movement, Semantic Move's 'attention ratio (Eq. 6)',
+           the rest as default (the pack's default until [attentiondrag-fidelity] measured 'rigid' better).
 
 Prompts: the ShapeDrag model's own prompt (scenes.PROMPT) everywhere except the prompt task, whose source and
 target prompts name the edited object's colour and shape (tasks.prompt_for).
@@ -61,12 +62,12 @@ import harness  # noqa: E402
 from shapedrag import evaluate, scenes, task_metrics, tasks  # noqa: E402
 
 BASE_METHODS = ("none", "naive", "default")
-EXTRA_METHODS = {"ad-rigid": ("drag", "drag_multi", "drag_two")}
+EXTRA_METHODS = {"ad-eq6": ("drag", "drag_multi", "drag_two")}
 DUAL_TASKS = ("move", "resize", "paste", "appearance", "outpaint", "style", "landmarks")
 DRAG_TASKS = ("drag", "drag_multi", "drag_two")
-METHOD_NAMES = {"none": "no edit", "naive": "naive", "default": "pack default", "ad-rigid": "AttentionDrag rigid"}
+METHOD_NAMES = {"none": "no edit", "naive": "naive", "default": "pack default", "ad-eq6": "AttentionDrag, paper's Eq. 6 movement"}
 DEFAULT_DESCRIPTION = {
-    **{t: "AttentionDrag (AutoMask mean + Eq. 6 + attention fill + KV)" for t in DRAG_TASKS},
+    **{t: "AttentionDrag (AutoMask mean + rigid movement + attention fill + KV)" for t in DRAG_TASKS},
     "inpaint": "AttentionDrag inpaint (attention fill, KV off)",
     **{t: f"PNI + Dual-Branch Guided Sampler (task {t if t != 'resize' else 'move'})" for t in DUAL_TASKS},
     "prompt": "PNI Invert + PNI Guider",
@@ -90,8 +91,8 @@ def _np(img) -> np.ndarray:
 class TaskEvaluator(evaluate.Evaluator):
     """One model load; run(sample, methods) -> {method: (image float [H, W, 3], seconds)}."""
 
-    def __init__(self, dual_steps: int = 20, **kw):
-        super().__init__(dual_steps=dual_steps, **kw)
+    def __init__(self, dual_steps: int = 20, tau: float = 4.0, **kw):
+        super().__init__(dual_steps=dual_steps, tau=tau, **kw)     # tau: AutoMask's default, as the workflow
 
     # ----------------------------------------------------------------- shared pieces
     def encode(self, img: np.ndarray):
@@ -126,7 +127,7 @@ class TaskEvaluator(evaluate.Evaluator):
         mask = _t(s.instruction["mask"].astype(np.float32))[0][None] if "mask" in s.instruction else None
         pts = self.points(s) if "points" in s.instruction else None
         out = {}
-        need_capture = any(m in ("none", "ad-rigid") or (m == "default" and s.task in DRAG_TASKS + ("inpaint",))
+        need_capture = any(m in ("none", "ad-eq6") or (m == "default" and s.task in DRAG_TASKS + ("inpaint",))
                            or (m == "naive" and s.task in DRAG_TASKS + ("move", "resize", "landmarks", "prompt"))
                            for m in methods)
         t_inv, z, cap = 0.0, None, None
@@ -148,8 +149,8 @@ class TaskEvaluator(evaluate.Evaluator):
             return (tasks.none_outpaint(img, s.instruction["pad"]) if t == "outpaint" else img), True
         if m == "naive":
             return self._naive(s, pos, neg, z)
-        if m == "ad-rigid" or (m == "default" and t in DRAG_TASKS):
-            return self._attentiondrag(z, cap, pts, mask, pos, neg, rigid=m == "ad-rigid"), True
+        if m == "ad-eq6" or (m == "default" and t in DRAG_TASKS):
+            return self._attentiondrag(z, cap, pts, mask, pos, neg, eq6=m == "ad-eq6"), True
         if m == "default" and t == "inpaint":
             z2 = harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=z, mask=mask, fill="attention",
                                   mode="inpaint", seed=0).result[0]
@@ -162,12 +163,12 @@ class TaskEvaluator(evaluate.Evaluator):
             return self._pni_edit(s), False
         raise ValueError(f"method {m!r} is not defined for task {t!r}")
 
-    def _attentiondrag(self, z, cap, pts, mask, pos, neg, rigid: bool) -> np.ndarray:
+    def _attentiondrag(self, z, cap, pts, mask, pos, neg, eq6: bool) -> np.ndarray:
         run = harness.run_node
         edit_mask = run("DragFusionAutoMask", capture=cap, points=pts, tau=self.tau, reference=self.reference, mask=mask,
                         mask_mode="union").result[0]
         z2, blank = run("DragFusionSemanticMove", capture=cap, latent=z, points=pts, mask=edit_mask,
-                        movement_mode="rigid" if rigid else "attention ratio (Eq. 6)").result
+                        **({"movement_mode": "attention ratio (Eq. 6)"} if eq6 else {})).result
         z2 = run("DragFusionAttentionInterpolate", capture=cap, latent=z2, mask=blank, fill="attention", mode="drag",
                  seed=0).result[0]
         model = run("DragFusionKVConsistency", model=self.model, capture=cap, enabled=True, strength=1.0).result[0]
@@ -463,7 +464,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=4, help="samples per task (default 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(BASE_METHODS + tuple(EXTRA_METHODS)),
-                    help="comma list from none, naive, default, ad-rigid (drag tasks)")
+                    help="comma list from none, naive, default, ad-eq6 (drag tasks)")
     ap.add_argument("--dual-steps", type=int, default=20, help="PNI / dual-branch DDIM steps (the workflows' 20)")
     ap.add_argument("--out", default=os.path.join(REPO, "out", "shapedrag_gt"))
     ap.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -281,8 +281,8 @@ def test_kv_consistency_reads_the_saved_keys_and_values(real, host):
     assert repr(m.model_options) == before and "patches_replace" not in m.model_options["transformer_options"]
     assert off is m and kv1 is not m
     replaced = kv1.model_options["transformer_options"]["patches_replace"]["attn1"]
-    # the KV layers are their own choice (default: the decoder's, as DragDiffusion), not the capture layers
-    assert cap.kv_layers == ("output.0.0", "output.1.0") and cap.layers == ("input.1.0", "output.0.0", "output.1.0")
+    # the KV layers are a choice of their own (default, measured: the capture layers; test_kv_layer_presets: others)
+    assert cap.kv_layers == cap.layers == ("input.1.0", "output.0.0", "output.1.0")
     assert set(replaced) == {tuple(int(p) if p.isdigit() else p for p in layer.split(".")) for layer in cap.kv_layers}
     cond = real["pos"][0][0]
     # KV step n - edit_step: the extra UNet call on the latent at the edit step, the first one a regeneration makes
@@ -379,6 +379,9 @@ def test_kv_layer_presets(real, host):
     same = run(kv_layers="same as layers", layers="custom", custom_layers="input.1.0")
     assert same.kv_layers == same.layers == ("input.1.0",) and same.kv_steps == (1,)
     assert set(same.v) == {(1, "input.1.0")} and set(same.q) == {(0, "input.1.0")}
+    dd = run(kv_layers="decoder, two finest levels", layers="custom", custom_layers="input.1.0")
+    assert dd.layers == ("input.1.0",) and dd.kv_layers == ("output.0.0", "output.1.0")     # DragDiffusion's
+    assert set(dd.v) == {(1, "output.0.0"), (1, "output.1.0")}
     custom = run(kv_layers="custom", custom_kv_layers="output.1.0")
     assert custom.kv_layers == ("output.1.0",) and set(custom.v) == {(1, "output.1.0")}
     with pytest.raises(ValueError, match=r"Inversion with Attention Capture: input 'custom_kv_layers': unknown layer"):

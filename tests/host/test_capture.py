@@ -146,8 +146,8 @@ def test_node_captures_the_contract_and_leaves_the_model_alone(tiny):
     for (s, l), q in cap.q.items():
         assert q.shape == (2, 8, 48, 40) and q.dtype == torch.float16 and q.device.type == "cpu"
         assert cap.k[(s, l)].shape == q.shape
-    # keys/values of the KV layers (the decoder's by default) at every step a regeneration reads: 1..4
-    assert cap.kv_layers == ("output.0.0", "output.1.0") and cap.kv_steps == (1, 2, 3, 4)
+    # keys/values of the KV layers (by default the capture layers) at every step a regeneration reads: 1..4
+    assert cap.kv_layers == cap.layers and cap.kv_steps == (1, 2, 3, 4)
     assert set(cap.v) == {(s, l) for s in (1, 2, 3, 4) for l in cap.kv_layers}
     for key in cap.v:
         assert cap.k[key].shape == cap.v[key].shape == (2, 8, 48, 40)
@@ -261,7 +261,7 @@ def test_layout_byte_count_is_what_a_real_capture_holds(tiny):
     import capture_layout
     model, pos, _ = tiny
     out, cap = run(model, latent(21, hw=(8, 6)), steps=6, edit_step=2, positive=pos, capture_values=True,
-                   layers="custom", custom_layers="input.1.0, output.0.0")
+                   layers="custom", custom_layers="input.1.0, output.0.0", kv_layers="decoder, two finest levels")
     table, _ = capture_layout.layer_table(model.model.diffusion_model, (8, 6))
     assert cap.kv_layers == ("output.0.0", "output.1.0")
     assert cap.nbytes_per_step() == capture_layout.step_bytes(table, cap.layers + cap.kv_layers) == 3 * 48 * 320 * 2

@@ -69,17 +69,17 @@ def test_pick_checkpoint_prefers_yours_then_shapedrag_then_tiny(tmp_path):
 
 def test_settings_follow_checkpoint_and_input():
     s = demo.settings_for(demo.TRAINED, "scene")
-    assert s["DragFusionSemanticMove"] == {"movement_mode": "rigid"}          # Eq. 6 leaves the object behind
+    assert "DragFusionSemanticMove" not in s                                   # its default ('rigid') moves the object
     assert s["ModelSamplingDiscrete"] == {"sampling": "eps"}                   # not an LCM model
     assert s["DragFusionAutoMask"] == {"mask_mode": "replace"}                 # the scene's own mask
     assert s["DragFusionLoadDragBenchSample"] == {"size": "original"}          # 128x128, the model's size
     assert "DragFusionLoadDragBenchSample" not in demo.settings_for(demo.TRAINED, "photo")
     assert demo.settings_for(OWN, "photo") == {} and demo.settings_for(demo.TINY, "photo") == {}
     assert demo.settings_for(OWN, "scene") == {"DragFusionLoadDragBenchSample": {"size": "original"}}
-    prompt = {"1": {"class_type": "DragFusionSemanticMove", "inputs": {"movement_mode": "attention ratio (Eq. 6)"}},
+    prompt = {"1": {"class_type": "DragFusionAutoMask", "inputs": {"mask_mode": "union"}},
               "2": {"class_type": "KSamplerAdvanced", "inputs": {"steps": 10}}}
     demo.apply_settings(prompt, s)
-    assert prompt["1"]["inputs"]["movement_mode"] == "rigid" and prompt["2"]["inputs"] == {"steps": 10}
+    assert prompt["1"]["inputs"]["mask_mode"] == "replace" and prompt["2"]["inputs"] == {"steps": 10}
 
 
 def test_scene_is_deterministic_and_in_dragbench_format():

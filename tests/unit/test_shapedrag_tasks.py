@@ -255,8 +255,8 @@ def test_harness_helpers():
     assert task_eval.parse_tasks("drag, inpaint") == ["drag", "inpaint"]
     with pytest.raises(ValueError):
         task_eval.parse_tasks("drag,nope")
-    assert task_eval.methods_for("drag", ("none", "naive", "default", "ad-rigid"))[-1] == "ad-rigid"
-    assert "ad-rigid" not in task_eval.methods_for("move", ("none", "ad-rigid"))
+    assert task_eval.methods_for("drag", ("none", "naive", "default", "ad-eq6"))[-1] == "ad-eq6"
+    assert "ad-eq6" not in task_eval.methods_for("move", ("none", "ad-eq6"))
     for t in ("paste", "landmarks", "drag_two"):
         s = tasks.make_task(t, 0, 0)
         pic = task_eval.instruction_picture(s)
