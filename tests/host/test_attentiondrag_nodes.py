@@ -108,7 +108,7 @@ def test_semantic_move_then_interpolate(host):
     region[0, 8:64, 8:72] = 1                           # cells x 1..8, y 1..7
     points = pts([(HANDLE_PX, (HANDLE_PX[0] + 32, HANDLE_PX[1] + 8))])   # V = (4, 1) cells
     moved, blank = harness.run_node("DragFusionSemanticMove", capture=cap, latent=latent, points=points,
-                                    mask=region, steps="all").result
+                                    mask=region, steps="all", movement_mode="attention ratio (Eq. 6)").result
     zm = moved["samples"]
     assert "noise_mask" not in moved and zm.shape == z.shape
     bc = blank[0, ::8, ::8] > 0.5
