@@ -23,7 +23,7 @@ Methods (every task has none, naive and default):
                   KV consistency on the capture layers), 10 steps 'simple', edit at 5, no CFG (the ShapeDrag
                   model is not LCM);
            inpaint: AttentionDrag inpainting (attention_drag_inpaint.json: Attention Interpolate mode
-                  'inpaint', KV consistency off);
+                  'inpaint', KV consistency on: 22.43 dB inside the hole against 21.75 off, seed 0, 4 scenes);
            move / resize / paste / appearance / outpaint / style / landmarks: PNI Invert (20 steps,
                   ddim_uniform, the node's other defaults) + Dual-Branch Guided Sampler with the node's
                   defaults for the task (euler, w_edit 4, w_share 6, energy 40, 60 % guided, KV replace);
@@ -68,7 +68,7 @@ DRAG_TASKS = ("drag", "drag_multi", "drag_two")
 METHOD_NAMES = {"none": "no edit", "naive": "naive", "default": "pack default", "ad-eq6": "AttentionDrag, paper's Eq. 6 movement"}
 DEFAULT_DESCRIPTION = {
     **{t: "AttentionDrag (AutoMask mean + rigid movement + attention fill + KV)" for t in DRAG_TASKS},
-    "inpaint": "AttentionDrag inpaint (attention fill, KV off)",
+    "inpaint": "AttentionDrag inpaint (attention fill, KV on)",
     **{t: f"PNI + Dual-Branch Guided Sampler (task {t if t != 'resize' else 'move'})" for t in DUAL_TASKS},
     "prompt": "PNI Invert + PNI Guider",
 }
@@ -154,7 +154,7 @@ class TaskEvaluator(evaluate.Evaluator):
         if m == "default" and t == "inpaint":
             z2 = harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=z, mask=mask, fill="attention",
                                   mode="inpaint", seed=0).result[0]
-            model = harness.run_node("DragFusionKVConsistency", model=self.model, capture=cap, enabled=False,
+            model = harness.run_node("DragFusionKVConsistency", model=self.model, capture=cap, enabled=True,
                                      strength=1.0).result[0]
             return self.regen(model, z2, pos, neg), True
         if m == "default" and t in DUAL_TASKS:
