@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 import harness  # noqa: E402
 import workflows  # noqa: E402
+from workflow_specs import LCM_LORA_FILE, LCM_LORA_NODE  # noqa: E402
 
 DEMO_WORKFLOW = os.environ.get("DRAGFUSION_DEMO_WORKFLOW", "attention_drag.json")
 TINY = harness.TINY_CKPT
@@ -82,7 +83,6 @@ def pick_checkpoint(names: list[str], folders: list[str] | None = None) -> tuple
 def pick_lcm_lora(names: list[str]) -> str | None:
     """SD1.5's LCM-LoRA among the host's models/loras names: 'lcm' in the name and no marker of
     another architecture (SDXL, SSD-1B, SD3, Flux); the exact file name of the example workflow first."""
-    from workflow_specs import LCM_LORA_FILE
     if LCM_LORA_FILE in names:
         return LCM_LORA_FILE
     for n in sorted(names):
@@ -94,7 +94,6 @@ def pick_lcm_lora(names: list[str]) -> str | None:
 
 def use_lcm_lora(ui: dict, lora: str) -> bool:
     """Un-bypass the example workflow's 'LCM-LoRA for SD1.5' node with ``lora``; False if it has none."""
-    from workflow_specs import LCM_LORA_NODE
     for n in ui["nodes"]:
         if n["id"] == LCM_LORA_NODE and n["type"] == "LoraLoaderModelOnly":
             n["mode"] = 0
@@ -268,7 +267,7 @@ def main(argv=None):
                 lcm_note = f"LCM-LoRA {lora} applied (the paper's LCM-distilled UNet)"
             else:
                 lcm_note = ("no SD1.5 LCM-LoRA in models/loras: your checkpoint runs as plain SD1.5 on the LCM timestep "
-                            "grid, not the LCM-distilled UNet the paper uses; put lcm-lora-sdv1-5.safetensors there for that")
+                            f"grid, not the LCM-distilled UNet the paper uses; put {LCM_LORA_FILE} there for that")
         prompt = workflows.ui_to_api(ui, info)
         uses_ckpt = any("ckpt_name" in n["inputs"] for n in prompt.values())
         kind = choose_input(ckpt if uses_ckpt else None, a.sample, a.scene)

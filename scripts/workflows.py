@@ -90,11 +90,10 @@ def build_ui(spec: list, object_info: dict, notes: list | None = None) -> dict:
 BYPASS, MUTED = 4, 2
 
 
-def _source(ui: dict, link_src: dict, src: int, slot: int):
+def _source(by_id: dict, link_src: dict, src: int, slot: int):
     """Where a link from output ``slot`` of node ``src`` really comes from: through bypassed nodes
     (mode 4), which hand their first input of the output's type on, as the frontend does; None when a
-    bypassed node has no such input linked."""
-    by_id = {n["id"]: n for n in ui["nodes"]}
+    bypassed node has no such input linked. ``by_id``: the UI's nodes by id."""
     seen = set()
     while by_id[src].get("mode", 0) == BYPASS and src not in seen:
         seen.add(src)
@@ -111,6 +110,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
     """The API-format prompt the frontend would queue for this UI workflow (muted and bypassed nodes
     left out, links through a bypassed node taken from its input of the same type)."""
     link_src = {l[0]: (l[1], l[2]) for l in ui["links"]}
+    by_id = {n["id"]: n for n in ui["nodes"]}
     prompt = {}
     for n in ui["nodes"]:
         if n["type"] in SKIP_TYPES or n.get("mode", 0) in (MUTED, BYPASS):
@@ -126,7 +126,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
                 if _has_control(name, typ, opts) and values and values[0] in ("fixed", "increment", "decrement", "randomize"):
                     values.pop(0)
             if name in linked:
-                found = _source(ui, link_src, *link_src[linked[name]])
+                found = _source(by_id, link_src, *link_src[linked[name]])
                 if found is not None:
                     inputs[name] = [str(found[0]), found[1]]
         prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}

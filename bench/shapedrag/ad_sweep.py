@@ -64,24 +64,9 @@ class Sweep(task_eval.TaskEvaluator):
         z, cap = run("DragFusionInvertCapture", model=self.model, latent=self.encode(s.source), steps=self.steps,
                      edit_step=self.edit_step, scheduler=v["scheduler"], cfg=1.0, layers=v["layers"],
                      capture_values=v["kv"], kv_layers=v["kv_layers"], positive=pos).result
-        if s.task == "inpaint":
-            z2 = run("DragFusionAttentionInterpolate", capture=cap, latent=z, mask=mask, fill=v["fill"], mode="inpaint",
-                     seed=0).result[0]
-        else:
-            if v["automask"] == "user":
-                edit_mask = mask
-            else:
-                kw = dict(mask=mask, mask_mode="union") if v["automask"] == "union" else {}
-                edit_mask = run("DragFusionAutoMask", capture=cap, points=pts, tau=v["tau"], reference=v["reference"],
-                                **kw).result[0]
-            z2, blank = run("DragFusionSemanticMove", capture=cap, latent=z, points=pts, mask=edit_mask,
-                            movement_mode=v["movement"]).result
-            z2 = run("DragFusionAttentionInterpolate", capture=cap, latent=z2, mask=blank, fill=v["fill"], mode="drag",
-                     seed=0).result[0]
-        model = self.model
-        if v["kv"]:
-            model = run("DragFusionKVConsistency", model=self.model, capture=cap, enabled=True, strength=1.0).result[0]
-        return self.regen(model, z2, pos, neg)
+        return self.attentiondrag(z, cap, pts, mask, pos, neg, inpaint=s.task == "inpaint", automask=v["automask"],
+                                  tau=v["tau"], reference=v["reference"], movement=v["movement"], fill=v["fill"],
+                                  kv=v["kv"])
 
 
 def main(argv=None):

@@ -150,28 +150,41 @@ class TaskEvaluator(evaluate.Evaluator):
         if m == "naive":
             return self._naive(s, pos, neg, z)
         if m == "ad-eq6" or (m == "default" and t in DRAG_TASKS):
-            return self._attentiondrag(z, cap, pts, mask, pos, neg, eq6=m == "ad-eq6"), True
+            movement = "attention ratio (Eq. 6)" if m == "ad-eq6" else None
+            return self.attentiondrag(z, cap, pts, mask, pos, neg, movement=movement), True
         if m == "default" and t == "inpaint":
-            z2 = harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=z, mask=mask, fill="attention",
-                                  mode="inpaint", seed=0).result[0]
-            model = harness.run_node("DragFusionKVConsistency", model=self.model, capture=cap, enabled=True,
-                                     strength=1.0).result[0]
-            return self.regen(model, z2, pos, neg), True
+            return self.attentiondrag(z, cap, None, mask, pos, neg, inpaint=True), True
         if m == "default" and t in DUAL_TASKS:
             return self._dual(s, pos, pts, mask), False
         if m == "default" and t == "prompt":
             return self._pni_edit(s), False
         raise ValueError(f"method {m!r} is not defined for task {t!r}")
 
-    def _attentiondrag(self, z, cap, pts, mask, pos, neg, eq6: bool) -> np.ndarray:
+    def attentiondrag(self, z, cap, pts, mask, pos, neg, inpaint: bool = False, automask: str = "union",
+                      tau: float | None = None, reference: str | None = None, movement: str | None = None,
+                      fill: str = "attention", kv: bool = True) -> np.ndarray:
+        """The AttentionDrag edit after the inversion, through the pack's nodes. Drag: AutoMask (``automask``
+        'union' with the user mask, 'alone', or 'user': the user mask only), Semantic Move (``movement``; None:
+        the node's default), Attention Interpolate, KV Consistency; inpaint: Attention Interpolate mode
+        'inpaint' over the user mask, KV Consistency. ``tau`` / ``reference`` default to the evaluator's."""
         run = harness.run_node
-        edit_mask = run("DragFusionAutoMask", capture=cap, points=pts, tau=self.tau, reference=self.reference, mask=mask,
-                        mask_mode="union").result[0]
-        z2, blank = run("DragFusionSemanticMove", capture=cap, latent=z, points=pts, mask=edit_mask,
-                        **({"movement_mode": "attention ratio (Eq. 6)"} if eq6 else {})).result
-        z2 = run("DragFusionAttentionInterpolate", capture=cap, latent=z2, mask=blank, fill="attention", mode="drag",
-                 seed=0).result[0]
-        model = run("DragFusionKVConsistency", model=self.model, capture=cap, enabled=True, strength=1.0).result[0]
+        if inpaint:
+            z2 = run("DragFusionAttentionInterpolate", capture=cap, latent=z, mask=mask, fill=fill, mode="inpaint",
+                     seed=0).result[0]
+        else:
+            if automask == "user":
+                edit_mask = mask
+            else:
+                kw = dict(mask=mask, mask_mode="union") if automask == "union" else {}
+                edit_mask = run("DragFusionAutoMask", capture=cap, points=pts, tau=self.tau if tau is None else tau,
+                                reference=self.reference if reference is None else reference, **kw).result[0]
+            z2, blank = run("DragFusionSemanticMove", capture=cap, latent=z, points=pts, mask=edit_mask,
+                            **({} if movement is None else {"movement_mode": movement})).result
+            z2 = run("DragFusionAttentionInterpolate", capture=cap, latent=z2, mask=blank, fill=fill, mode="drag",
+                     seed=0).result[0]
+        model = self.model
+        if kv:
+            model = run("DragFusionKVConsistency", model=self.model, capture=cap, enabled=True, strength=1.0).result[0]
         return self.regen(model, z2, pos, neg)
 
     def _naive(self, s, pos, neg, z):
