@@ -83,6 +83,10 @@ class ProjectionBank(Mapping):
     def __getitem__(self, key):
         return self.project(key, dtype=torch.float16)
 
+    def __contains__(self, key):
+        # Mapping's default would project (via __getitem__) just to answer membership
+        return key in self.inputs and key[1] in self.projections
+
     def __iter__(self):
         return iter(self.inputs)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dragfusion.guidance.attn_capture import AttnCapture
-from dragfusion.guidance.projection_bank import (ProjectionBank, effective_projection, project_heads,
+from dragfusion.guidance.projection_bank import (Projection, ProjectionBank, effective_projection, project_heads,
                                                   unique_nbytes)
 
 
@@ -122,3 +122,16 @@ def test_project_flat_is_the_attention_backend_layout():
     torch.testing.assert_close(flat.float(), expect, atol=2e-3, rtol=2e-3)
     heads_view = bank.project((0, "L"))
     torch.testing.assert_close(heads_view.permute(0, 2, 1, 3).reshape(b, t, c), expect, atol=1e-5, rtol=1e-5)
+
+
+def test_membership_does_not_project():
+    """``key in bank`` answers from the stored inputs: every node's capture check asks it for each
+    (step, layer), and projecting there cost ~0.1 s per node (a quarter of the edit's overhead).
+    The projection here cannot multiply with the input, so projecting would raise."""
+    x = torch.randn(1, 4, 8, dtype=torch.float16)
+    bad = Projection(weight_t=torch.zeros(3, 8), bias=None, heads=2)
+    bank = ProjectionBank({(0, "L"): x}, {"L": bad})
+    assert (0, "L") in bank
+    assert (1, "L") not in bank and (0, "M") not in bank
+    with pytest.raises(RuntimeError):
+        bank[(0, "L")]
