@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 
-from ..guidance.projection_bank import ProjectionBank, effective_projection
+from ..guidance.projection_bank import Int8Rows, ProjectionBank, effective_projection
 from . import comfy_host as host
 
 WRAPPER_KEY = "dragfusion_attn_capture"
@@ -90,13 +90,20 @@ class SelfAttentionCapture:
 
     It sees the self-attention's input ``n`` before the q/k/v projections and returns it
     unchanged, so the layer runs exactly as unpatched (ComfyUI's own ``CrossAttention`` and
-    attention backend). It records ``n`` (fp16) per step and, once per layer and sampling call,
+    attention backend). It records ``n`` per step (``precision`` 'int8': int8 with a scale per
+    channel, :class:`Int8Rows`; 'fp16': fp16) and, once per layer and sampling call,
     the effective to_q / to_k / to_v weights (read off the live modules, so LoRA patches and
     weight casts are included). ``q`` / ``k`` / ``v`` are :class:`ProjectionBank` views that
-    project on demand: the same numbers as recording q and k, in half the bytes.
+    project on demand: with fp16, the same numbers as recording q and k in half the bytes;
+    with int8, a quarter of the bytes, q and k those of the input rounded to 255 levels per channel.
     """
 
-    def __init__(self, layers, with_v: bool = False, store_device=None, kv_layers=None):
+    PRECISIONS = ("int8", "fp16")
+
+    def __init__(self, layers, with_v: bool = False, store_device=None, kv_layers=None, precision: str = "int8"):
+        if precision not in self.PRECISIONS:
+            raise ValueError(f"capture precision {precision!r}: choose one of {self.PRECISIONS}")
+        self.precision = precision
         self.layers = tuple(layers)
         self.with_v = bool(with_v)
         self.kv_layers = (tuple(self.layers) if kv_layers is None else tuple(kv_layers)) if self.with_v else ()
@@ -196,8 +203,10 @@ class SelfAttentionCapture:
             self._read_weights(key, n, context, extra_options["n_heads"])
 
         def keep(t):
-            return t[i * b:(i + 1) * b].to(device=self.store_device, dtype=torch.float16,
-                                           memory_format=torch.contiguous_format, copy=True)
+            t = t[i * b:(i + 1) * b]
+            if self.precision == "int8":
+                return Int8Rows.quantize(t.detach()).to_device(self.store_device)
+            return t.to(device=self.store_device, dtype=torch.float16, memory_format=torch.contiguous_format, copy=True)
 
         slot = (self.step, key)
         x = keep(n)

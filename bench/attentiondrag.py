@@ -98,8 +98,8 @@ def main():
         zl, cap = run("DragFusionInvertCapture", model=model, latent=latent, steps=STEPS, edit_step=EDIT,
                       scheduler="simple", cfg=1.0, capture_values=True, positive=pos).result
         t.append(time.perf_counter())
-        (mask,) = run("DragFusionAutoMask", capture=cap, points=pts, tau=4.0, reference="mean",
-                      mask=sample_mask, mask_mode="union").result
+        mask = run("DragFusionAutoMask", capture=cap, points=pts, tau=4.0, reference="mean",
+                      mask=sample_mask, mask_mode="union").result[0]
         moved, blank = run("DragFusionSemanticMove", capture=cap, latent=zl, points=pts, mask=mask).result
         (filled,) = run("DragFusionAttentionInterpolate", capture=cap, latent=moved, mask=blank).result
         (kv,) = run("DragFusionKVConsistency", model=model, capture=cap, enabled=True, strength=1.0).result

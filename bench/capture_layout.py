@@ -4,11 +4,12 @@
 
 Builds ComfyUI's own UNetModel with SD1.5's configuration on the ``meta`` device (structure only, no
 weights, nothing computed) and counts what Inversion with Attention Capture stores for it: per captured
-(step, layer) the layer's fp16 input, ``tokens x channels x 2`` bytes, held once for q, k and v (a layer
-in both the capture layers and the KV layers is stored once). The counting is the capture's own rule;
+(step, layer) the layer's input, held once for q, k and v (a layer in both the capture layers and the KV
+layers is stored once): with capture_precision 'int8 per channel' (the default) ``tokens x channels``
+bytes plus one float32 scale per channel, with 'fp16' ``tokens x channels x 2``. The counting is the capture's own rule;
 tests/host/test_capture.py checks it against a real capture's ``nbytes_per_step`` on the tiny checkpoint.
 Also printed: the KV cache a KV-consistent regeneration holds on the sampling device (K and V of one
-step, fp16, batch 2 for CFG), and the goal of issue [attentiondrag-fidelity]: <= 12 MB per step at 512.
+step, fp16, batch 2 for CFG; default KV layers = the capture layers), and the goal of issue [attentiondrag-fidelity]: <= 12 MB per step at 512.
 """
 from __future__ import annotations
 
@@ -48,9 +49,16 @@ def layer_table(unet, latent_hw) -> dict:
     return out, inv
 
 
-def step_bytes(table: dict, layers) -> int:
-    """fp16 layer inputs of one captured step (each layer once)."""
-    return sum(hw[0] * hw[1] * c * 2 for key, (_, hw, c) in table.items() if key in set(layers))
+def step_bytes(table: dict, layers, precision: str = "int8") -> int:
+    """Stored layer inputs of one captured step (each layer once), int8 + per-channel float32 scales or fp16."""
+    def one(hw, c):
+        return hw[0] * hw[1] * c + 4 * c if precision == "int8" else hw[0] * hw[1] * c * 2
+    return sum(one(hw, c) for key, (_, hw, c) in table.items() if key in set(layers))
+
+
+def kv_cache_bytes(table: dict, layers) -> int:
+    """K and V of one step on the sampling device: fp16, batch 2 (CFG)."""
+    return sum(2 * 2 * table[k][1][0] * table[k][1][1] * table[k][2] * 2 for k in layers)
 
 
 def main(argv=None):
@@ -73,16 +81,18 @@ def main(argv=None):
     rows = []
     kv_layers = inv.select_kv_layers(available, inv.KV_DRAGDIFFUSION, "", ())
     print(f"\nKV layers '{inv.KV_DRAGDIFFUSION}': {', '.join(kv_layers)}\n")
-    print("| capture layers | layers | q/k only MB/step | with KV (decoder) MB/step | KV cache on device MB (1 step, fp16, CFG batch 2) | goal <= 12 MB |")
-    print("|---|---|---|---|---|---|")
-    kv_cache = sum(2 * 2 * table[k][1][0] * table[k][1][1] * table[k][2] * 2 for k in kv_layers)
+    print("| capture layers | layers | MB/step int8 (default; KV = same layers) | MB/step fp16 | int8 with KV on the decoder | "
+          "KV cache MB (same layers) | KV cache MB (decoder) | goal <= 12 MB (default) |")
+    print("|---|---|---|---|---|---|---|---|")
     for preset in inv.PRESETS[:-1]:
         layers = inv.select_layers(available, preset, "")
-        qk = step_bytes(table, layers)
+        i8, f16 = step_bytes(table, layers), step_bytes(table, layers, "fp16")
         both = step_bytes(table, tuple(layers) + tuple(kv_layers))
-        rows.append(dict(preset=preset, layers=list(layers), qk_mb=qk / 1e6, with_kv_mb=both / 1e6, kv_cache_mb=kv_cache / 1e6))
-        print(f"| {preset} | {len(layers)} | {qk / 1e6:.2f} | {both / 1e6:.2f} | {kv_cache / 1e6:.2f} | "
-              f"{'met' if both / 1e6 <= GOAL_MB else 'NOT met'} |")
+        same, dec = kv_cache_bytes(table, layers), kv_cache_bytes(table, kv_layers)
+        rows.append(dict(preset=preset, layers=list(layers), int8_mb=i8 / 1e6, fp16_mb=f16 / 1e6, int8_decoder_kv_mb=both / 1e6,
+                         kv_cache_mb=same / 1e6, kv_cache_decoder_mb=dec / 1e6))
+        print(f"| {preset} | {len(layers)} | {i8 / 1e6:.2f} | {f16 / 1e6:.2f} | {both / 1e6:.2f} | {same / 1e6:.2f} | "
+              f"{dec / 1e6:.2f} | {'met' if i8 / 1e6 <= GOAL_MB else 'NOT met'} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(size=a.size, kv_layers=list(kv_layers), rows=rows), f, indent=1)

@@ -9,6 +9,10 @@ in half (a third) of the bytes; q, k and v are one matmul away.
 :class:`ProjectionBank` is a read-only mapping ``(step, layer) -> [B, heads, tokens, dim]`` that
 projects on demand, so code written for stored q / k / v tensors keeps working.
 
+The stored inputs are fp16 tensors, or :class:`Int8Rows` (int8 with one scale per batch entry
+and channel, a quarter of float32 and half of fp16): the projection of an int8 input is the exact
+projection of its dequantized value ``data * scale``.
+
 Pure torch; no ComfyUI.
 """
 from __future__ import annotations
@@ -36,6 +40,52 @@ class Projection:
         return self.weight_t.numel() * self.weight_t.element_size() + b
 
 
+@dataclass(frozen=True)
+class Int8Rows:
+    """A layer input ``[B, T, C]`` stored as ``data * scale``: ``data`` int8 ``[B, T, C]``, ``scale``
+    float32 ``[B, 1, C]`` = the channel's largest magnitude over the tokens / 127 (symmetric, per
+    channel: the layer norm before self-attention makes the channel, not the token, carry the spread).
+    Rounding moves each element by at most half a step, ``scale / 2``."""
+    data: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def quantize(cls, x: torch.Tensor) -> "Int8Rows":
+        x = x.to(torch.float32)
+        scale = x.abs().amax(dim=-2, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+        data = torch.round(x / scale).clamp_(-127, 127).to(torch.int8)
+        return cls(data=data.contiguous(), scale=scale.contiguous())
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def index_select(self, dim: int, index: torch.Tensor) -> "Int8Rows":
+        if dim in (1, -2):
+            return Int8Rows(self.data.index_select(1, index), self.scale)
+        raise ValueError("Int8Rows selects tokens (dim 1) only")
+
+    def to(self, device=None, dtype=torch.float32, **_) -> torch.Tensor:
+        """The dequantized tensor on ``device`` (the int8 data travels, not the floats)."""
+        device = self.data.device if device is None else device
+        return (self.data.to(device=device).to(torch.float32) * self.scale.to(device)).to(dtype)
+
+    def to_device(self, device) -> "Int8Rows":
+        return Int8Rows(self.data.to(device), self.scale.to(device))
+
+    def tensors(self) -> tuple:
+        return (self.data, self.scale)
+
+
+def stored_tensors(x) -> tuple:
+    """The tensors that hold a stored input (one for fp16, data and scale for :class:`Int8Rows`)."""
+    return x.tensors() if isinstance(x, Int8Rows) else (x,)
+
+
 def effective_projection(linear, channels: int, heads: int, device, dtype, store_device) -> Projection:
     """The weights a Linear-like callable actually applies (LoRA and casts included), read off its
     outputs on the identity and on zero: ``bias = f(0)``, ``W^T = f(I) - bias``."""
@@ -51,8 +101,8 @@ def effective_projection(linear, channels: int, heads: int, device, dtype, store
 def project_tokens(x: torch.Tensor, proj: Projection, tokens: torch.Tensor | None = None,
                    dtype=torch.float32, device=None) -> torch.Tensor:
     """``x [B, T, C]`` -> ``[B, T', heads * dim]``, the layout attention backends take (``T'`` = the
-    chosen token indices, or all). The matmul runs in float32 on ``device``; only ``x`` (fp16) and
-    the weights travel there."""
+    chosen token indices, or all). The matmul runs in float32 on ``device``; only ``x`` (fp16, or
+    int8 and its scales) and the weights travel there."""
     device = x.device if device is None else torch.device(device)
     if tokens is not None:
         x = x.index_select(1, torch.as_tensor(tokens, dtype=torch.long, device=x.device))
@@ -108,9 +158,10 @@ class ProjectionBank(Mapping):
 
 
 def unique_nbytes(tensors) -> int:
-    """Bytes of the distinct storages among ``tensors`` (a tensor shared by q and k counts once)."""
+    """Bytes of the distinct storages among ``tensors`` (a tensor shared by q and k counts once;
+    an :class:`Int8Rows` counts its data and its scales)."""
     seen, total = set(), 0
-    for t in tensors:
+    for t in (u for x in tensors for u in stored_tensors(x)):
         ptr = t.untyped_storage().data_ptr()
         if ptr not in seen:
             seen.add(ptr)

@@ -25,8 +25,8 @@ class AutoMask(io.ComfyNode):
                 "paper's literal Eq. 12 (the handle's attention to itself); it is empty whenever the handle "
                 "attends most to itself (on ShapeDrag-GT: on every one of 12 drag scenes). Several handles: the union of their masks. "
                 "Optional square dilation in latent cells, then an optional user mask intersects with, "
-                "replaces or is united with the automatic one. Output: a MASK at image size (8x the latent), "
-                "each latent cell an 8x8 block."),
+                "replaces or is united with the automatic one. Outputs: the MASK to edit and the automatic mask "
+                "alone (before the user mask), both at image size (8x the latent), each latent cell an 8x8 block."),
             inputs=[
                 AttnCaptureType.Input("capture", tooltip="ATTN_CAPTURE from 'Inversion with Attention Capture'."),
                 DragPointsType.Input("points", tooltip="Handle -> target pairs placed on the captured image (its exact size)."),
@@ -47,7 +47,10 @@ class AutoMask(io.ComfyNode):
                                tooltip="How the user mask combines with the automatic one: intersect, replace (use only the "
                                        "user mask) or union."),
             ],
-            outputs=[io.Mask.Output(display_name="mask")],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="The editable region: the automatic mask combined with the user mask by mask_mode."),
+                     io.Mask.Output(display_name="automatic mask",
+                                    tooltip="The automatic mask alone (Eq. 11-12, dilated), before any user mask: preview it "
+                                            "to see what the attention found.")],
         )
 
     @classmethod
@@ -68,18 +71,15 @@ class AutoMask(io.ComfyNode):
             user = ad.mask_to_cells(mask, capture, NODE, "mask")
             b = max(b, user.shape[0])
             user = ad.match_batch(user, b, NODE, "mask")
-        if user is not None and mask_mode == "replace":
-            cells = user
-        else:
-            step_list = ad.parse_steps(steps, capture, NODE)
-            handles = automask.handle_cells(pairs, h, w)
-            rows = ad.rows_fn(capture, step_list, b)(handles)          # [B, P, N], Eq. 11 inside rows()
-            cells = automask.auto_mask(rows.cpu(), handles, float(tau), reference)
-            cells = automask.dilate(cells.reshape(-1, h, w), int(dilation)).reshape(-1, h * w)
-            if user is not None:
-                cells = ad.match_batch(cells, b, NODE, "capture")
-                cells = cells & user if mask_mode == "intersect" else cells | user
-        return io.NodeOutput(ad.cells_to_mask(cells, capture))
+        step_list = ad.parse_steps(steps, capture, NODE)
+        handles = automask.handle_cells(pairs, h, w)
+        rows = ad.rows_fn(capture, step_list, b)(handles)              # [B, P, N], Eq. 11 inside rows()
+        auto = automask.auto_mask(rows.cpu(), handles, float(tau), reference)
+        auto = ad.match_batch(automask.dilate(auto.reshape(-1, h, w), int(dilation)).reshape(-1, h * w), b, NODE, "capture")
+        cells = auto
+        if user is not None:
+            cells = user if mask_mode == "replace" else (auto & user if mask_mode == "intersect" else auto | user)
+        return io.NodeOutput(ad.cells_to_mask(cells, capture), ad.cells_to_mask(auto, capture))
 
 
 NODES = [AutoMask]

@@ -77,7 +77,11 @@ ATTENTION_DRAG = _attentiondrag_front() + [
      "links": {"capture": [7, 1], "latent": [9, 0], "mask": [9, 1]}},
     {"id": 11, "type": "DragFusionKVConsistency", "pos": [1450, 400], "widgets": {"enabled": True, "strength": 1.0},
      "links": {"model": [2, 0], "capture": [7, 1]}},
-] + _attentiondrag_tail(12, 1800, [11, 0], [10, 0], {"points": [3, 1], "mask": [8, 0]}, "attention_drag")
+] + _attentiondrag_tail(12, 1800, [11, 0], [10, 0], {"points": [3, 1], "mask": [8, 0]}, "attention_drag") + [
+    {"id": 17, "type": "MaskToImage", "pos": [1100, 700], "links": {"mask": [8, 1]}},
+    {"id": 18, "type": "PreviewImage", "pos": [1450, 700], "title": "the automatic mask alone (AutoMask, Eq. 11-12)",
+     "links": {"images": [17, 0]}},
+]
 
 ATTENTION_DRAG_INPAINT = _attentiondrag_front() + [
     {"id": 8, "type": "DragFusionAttentionInterpolate", "pos": [1100, 100],
@@ -95,7 +99,7 @@ SPECS["attention_drag.json"] = (ATTENTION_DRAG, [
     "inversion to step 5, cfg 1. Defaults measured on ShapeDrag-GT, the paper's settings one widget away: Inversion "
     "with Attention Capture records q/k/v; AutoMask (Eq. 11-12) reference 'mean', tau 4 (the paper's literal 'handle' "
     "reference was empty on all 12 drag scenes); the sample's own editable region is united with it (the automatic "
-    "mask alone: MD 6.3-13.6 px, united 2.8-5.0; disconnect it for the fully automatic mask); Semantic Move (Eq. 5-9) "
+    "mask alone: MD 6.3-13.6 px, united 2.8-5.0; disconnect it for the fully automatic mask; the preview below AutoMask shows the automatic mask alone on every run); Semantic Move (Eq. 5-9) "
     "movement 'rigid' (the paper's Eq. 6: MD 18-26 px, the object left behind); Attention Interpolate (Eq. 13); then "
     "KSamplerAdvanced resumes at step 5 (add_noise disable, euler = DDIM, same steps and scheduler) on the model "
     "patched for KV consistency (each step reads the keys/values the inversion saved at that sigma). "
@@ -144,8 +148,8 @@ def _canvas_source(spec: list) -> list:
 
 SPECS["attention_drag_canvas.json"] = (_canvas_source(ATTENTION_DRAG), [
     "AttentionDrag on your own photo: in Drag Points, choose or upload the photo, click a handle then its target "
-    "(as many pairs as you like), paint the region that may change (optional: the automatic mask is united with "
-    "it), type what the photo shows in the prompt, pick your SD1.5-family checkpoint, Queue. The rest is the "
+    "(as many pairs as you like), paint the region that may change (optional, an override: the automatic mask is united "
+    "with it, and the preview below AutoMask shows the automatic mask alone; paint nothing to edit with the automatic mask only), type what the photo shows in the prompt, pick your SD1.5-family checkpoint, Queue. The rest is the "
     "attention_drag example: LCM schedule, 10 steps, edit at step 5, no CFG. The saved image shows "
     "original | arrows | mask | result."])
 

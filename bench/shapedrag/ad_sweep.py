@@ -32,7 +32,8 @@ from shapedrag import evaluate, scenes, task_eval, task_metrics, tasks  # noqa: 
 
 # the paper's settings (AttentionDrag Sec. 4.1 / Eq. 6, 12) as the nodes expose them
 PAPER = dict(layers="latent resolution", kv_layers="same as layers", automask="alone", reference="handle", tau=2.0,
-             movement="attention ratio (Eq. 6)", fill="attention", kv=True, scheduler="simple")
+             movement="attention ratio (Eq. 6)", fill="attention", kv=True, scheduler="simple",
+             precision="int8 per channel")
 VARIANTS = {
     "paper": {},
     "automask mean": dict(reference="mean"),
@@ -46,6 +47,8 @@ VARIANTS = {
     "rigid + user, layers decoder": dict(movement="rigid", automask="union", reference="mean",
                                          layers="decoder at latent resolution"),
     "rigid + user, tau 4": dict(movement="rigid", automask="union", reference="mean", tau=4.0),
+    "rigid + user, tau 4, fp16 capture": dict(movement="rigid", automask="union", reference="mean", tau=4.0,
+                                              precision="fp16"),
     "rigid, automask mean tau 4 alone": dict(movement="rigid", reference="mean", tau=4.0),
     "rigid, automask mean tau 2 alone": dict(movement="rigid", reference="mean"),
     "rigid + user, normal": dict(movement="rigid", automask="union", reference="mean", scheduler="normal"),
@@ -63,7 +66,8 @@ class Sweep(task_eval.TaskEvaluator):
         self.scheduler = v["scheduler"]
         z, cap = run("DragFusionInvertCapture", model=self.model, latent=self.encode(s.source), steps=self.steps,
                      edit_step=self.edit_step, scheduler=v["scheduler"], cfg=1.0, layers=v["layers"],
-                     capture_values=v["kv"], kv_layers=v["kv_layers"], positive=pos).result
+                     capture_values=v["kv"], kv_layers=v["kv_layers"], capture_precision=v["precision"],
+                     positive=pos).result
         return self.attentiondrag(z, cap, pts, mask, pos, neg, inpaint=s.task == "inpaint", automask=v["automask"],
                                   tau=v["tau"], reference=v["reference"], movement=v["movement"], fill=v["fill"],
                                   kv=v["kv"])

@@ -59,9 +59,9 @@ def test_nodes_registered(host):
 
 def test_automask_finds_the_blob_at_image_size(host):
     cap = synthetic_capture()
-    (mask,) = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]),
-                               tau=2.0, reference="mean", steps="all", dilation=0).result
-    assert mask.shape == (1, H * 8, W * 8)
+    mask, auto = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]),
+                                  tau=2.0, reference="mean", steps="all", dilation=0).result
+    assert mask.shape == (1, H * 8, W * 8) and torch.equal(auto, mask)  # no user mask: both outputs alike
     cells = mask[0, ::8, ::8] > 0.5
     expected = torch.zeros(H, W, dtype=torch.bool)
     expected.view(-1)[BLOB] = True
@@ -69,20 +69,24 @@ def test_automask_finds_the_blob_at_image_size(host):
     # every cell is a uniform 8x8 block
     assert torch.equal(mask[0], cells.float().repeat_interleave(8, 0).repeat_interleave(8, 1))
     # the paper's literal reference: the handle attends most to the blob incl. itself -> empty
-    (lit,) = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]),
+    lit, _ = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]),
                               tau=2.0, reference="handle", steps="0", dilation=0).result
     assert lit.sum() == 0
     user = torch.zeros(1, H, W)
     user[0, 4:, :] = 1
-    (inter,) = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]), tau=2.0,
-                                reference="mean", steps="all", dilation=1, mask=user, mask_mode="intersect").result
+    inter, inter_auto = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]), tau=2.0,
+                                         reference="mean", steps="all", dilation=1, mask=user, mask_mode="intersect").result
     got = inter[0, ::8, ::8] > 0.5
     dil = torch.zeros(H, W, dtype=torch.bool)
     dil[2:7, 1:6] = True
     assert torch.equal(got, dil & (user[0] > 0.5))
-    (rep,) = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]), tau=2.0,
-                              reference="mean", steps="all", dilation=0, mask=user, mask_mode="replace").result
-    assert torch.equal(rep[0, ::8, ::8], user[0])
+    assert torch.equal(inter_auto[0, ::8, ::8] > 0.5, dil)       # the second output: the automatic mask alone
+    uni, uni_auto = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]), tau=2.0,
+                                     reference="mean", steps="all", dilation=1, mask=user, mask_mode="union").result
+    assert torch.equal(uni[0, ::8, ::8] > 0.5, dil | (user[0] > 0.5)) and torch.equal(uni_auto, inter_auto)
+    rep, rep_auto = harness.run_node("DragFusionAutoMask", capture=cap, points=pts([(HANDLE_PX, (70, 40))]), tau=2.0,
+                                     reference="mean", steps="all", dilation=0, mask=user, mask_mode="replace").result
+    assert torch.equal(rep[0, ::8, ::8], user[0]) and torch.equal(rep_auto, mask)
 
 
 def test_automask_errors_name_node_and_input(host):
@@ -393,8 +397,9 @@ def test_kv_layer_presets(real, host):
 
 def test_drag_edit_on_a_dragbench_image(real, host):
     cap, zl = real["cap"], real["zl"]
-    (mask,) = harness.run_node("DragFusionAutoMask", capture=cap, points=real["points"], tau=2.0, reference="mean",
-                               mask=real["mask"], mask_mode="union").result
+    mask, auto = harness.run_node("DragFusionAutoMask", capture=cap, points=real["points"], tau=2.0, reference="mean",
+                                  mask=real["mask"], mask_mode="union").result
+    assert torch.equal(torch.maximum(auto, real["mask"].reshape(auto.shape)), mask)
     moved, blank = harness.run_node("DragFusionSemanticMove", capture=cap, latent=zl, points=real["points"], mask=mask).result
     (filled,) = harness.run_node("DragFusionAttentionInterpolate", capture=cap, latent=moved, mask=blank).result
     z, zm, zf = zl["samples"], moved["samples"], filled["samples"]

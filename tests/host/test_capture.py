@@ -62,14 +62,18 @@ def analytic(model):
 
 
 # ------------------------------------------------------------------------------- the patch
-def test_patched_unet_output_equals_unpatched_and_records_the_cond_half(tiny, host):
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_patched_unet_output_equals_unpatched_and_records_the_cond_half(tiny, host, precision):
+    """fp16: the recorded q is the layer's own q to fp16. int8: the stored input is the layer input
+    rounded per channel, so q differs from the layer's by at most sum_c |Wq[c, j]| * scale_c / 2 (the
+    rounding bound), and by under 1 % of q's spread (rms)."""
     capture_mod, _ = _pack_modules()
     model, pos, neg = tiny
     unet = model.model.diffusion_model
     layers = [k for k, lv in capture_mod.self_attention_layers(unet) if lv == 0]
     assert layers == ["input.1.0", "output.0.0", "output.1.0"]
     m = model.clone()
-    cap = capture_mod.SelfAttentionCapture(layers, with_v=True)
+    cap = capture_mod.SelfAttentionCapture(layers, with_v=True, precision=precision)
     cap.install(m)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 4, 8, 6, generator=g)
@@ -99,7 +103,18 @@ def test_patched_unet_output_equals_unpatched_and_records_the_cond_half(tiny, ho
     import comfy.model_management
     assert q.device == comfy.model_management.intermediate_device()
     expect = seen["q"][2:].reshape(2, 48, 8, 40).permute(0, 2, 1, 3)  # the cond half (second chunk)
-    torch.testing.assert_close(q.float(), expect, atol=2e-3, rtol=2e-3)
+    if precision == "fp16":
+        torch.testing.assert_close(q.float(), expect, atol=2e-3, rtol=2e-3)
+    else:
+        stored = cap.q.inputs[(2, "input.1.0")]
+        assert stored.data.dtype == torch.int8 and stored.scale.shape == (2, 1, 320)
+        w = cap.q.projections["input.1.0"].weight_t                               # [C, heads * dim]
+        bound = (stored.scale / 2) @ w.abs()                                      # [2, 1, heads * dim]
+        bound = bound.reshape(2, 1, 8, 40).permute(0, 2, 1, 3) + 1e-5
+        err = (cap.q.project((2, "input.1.0")) - expect).abs()
+        assert bool((err <= bound).all()), float((err - bound).max())
+        rel = float(err.pow(2).mean().sqrt() / expect.std())
+        assert 0 < rel < 0.01, rel  # rounded (not a copy), and by under 1 % of q's spread
     assert set(cap.v) == set(cap.k) == set(cap.q) and cap.layer_hw["output.1.0"] == (8, 6)
 
 
@@ -185,7 +200,7 @@ def test_capture_holds_the_layer_input_once_and_the_weights_a_lora_patch_gives(t
     torch.testing.assert_close(p.weight_t, (raw + delta).t().float(), atol=1e-6, rtol=1e-6)
     plain = cap.q.projections["output.1.0"].weight_t
     torch.testing.assert_close(plain, model.model.state_dict()[key.replace("input_blocks.1.1", "output_blocks.1.1")].t().float())
-    per_layer = 48 * 320 * 2  # tokens x channels x fp16
+    per_layer = 48 * 320 + 320 * 4  # tokens x channels x int8 + a float32 scale per channel (the default)
     assert cap.nbytes_per_step() == 3 * per_layer  # q and k share the stored input
     assert cap.q.inputs[(0, "input.1.0")] is cap.k.inputs[(0, "input.1.0")]
 
@@ -254,16 +269,19 @@ def test_schema_has_tooltips_and_category(host):
     assert cls.CATEGORY == "DragFusion/AttentionDrag"
 
 
-def test_layout_byte_count_is_what_a_real_capture_holds(tiny):
+@pytest.mark.parametrize("precision,per_layer", [("int8 per channel", 48 * 320 + 4 * 320), ("fp16", 48 * 320 * 2)])
+def test_layout_byte_count_is_what_a_real_capture_holds(tiny, precision, per_layer):
     """bench/capture_layout.py's count (each layer's fp16 input once per step, q/k and KV layers united) equals
     nbytes_per_step of a real capture with values, so its SD1.5 table is the capture's own bytes."""
     sys.path.insert(0, os.path.join(harness.REPO, "bench"))
     import capture_layout
     model, pos, _ = tiny
     out, cap = run(model, latent(21, hw=(8, 6)), steps=6, edit_step=2, positive=pos, capture_values=True,
-                   layers="custom", custom_layers="input.1.0, output.0.0", kv_layers="decoder, two finest levels")
+                   layers="custom", custom_layers="input.1.0, output.0.0", kv_layers="decoder, two finest levels",
+                   capture_precision=precision)
     table, _ = capture_layout.layer_table(model.model.diffusion_model, (8, 6))
+    kind = "int8" if precision.startswith("int8") else "fp16"
     assert cap.kv_layers == ("output.0.0", "output.1.0")
-    assert cap.nbytes_per_step() == capture_layout.step_bytes(table, cap.layers + cap.kv_layers) == 3 * 48 * 320 * 2
-    assert cap.nbytes_per_step(0) == capture_layout.step_bytes(table, cap.layers)            # step 0: no K/V read
-    assert cap.nbytes_per_step(4) == capture_layout.step_bytes(table, cap.kv_layers)         # the edit step: K/V only
+    assert cap.nbytes_per_step() == capture_layout.step_bytes(table, cap.layers + cap.kv_layers, kind) == 3 * per_layer
+    assert cap.nbytes_per_step(0) == capture_layout.step_bytes(table, cap.layers, kind)            # step 0: no K/V read
+    assert cap.nbytes_per_step(4) == capture_layout.step_bytes(table, cap.kv_layers, kind)         # the edit step: K/V only
