@@ -1,5 +1,8 @@
 """Both AttentionDrag example workflows through HTTP in a real ComfyUI server, on the tiny
-checkpoint with a real DragBench dev image and its own drag instruction (at 128 px for speed)."""
+checkpoint with a real DragBench dev image and its own drag instruction (at 128 px for speed): the
+plumbing (the graph runs, the picture has its panels). The tiny model's pictures are noise, so accuracy
+is asserted elsewhere: the same workflows on ShapeDrag-GT scenes with the trained model
+(test_shapedrag_workflows_http.py) and the demo (test_demo_http.py)."""
 import io
 import os
 import sys
