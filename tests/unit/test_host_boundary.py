@@ -1,5 +1,6 @@
 """The pack reaches ComfyUI internals through one module (attention_patch/comfy_host.py), and the
-layers import downwards only: nodes -> attention_patch -> guidance; guidance is pure torch."""
+layers import downwards only: nodes -> sampling -> attention_patch -> guidance; guidance is pure torch;
+no module of the pack imports itself back, directly or through others (lazy imports inside functions count)."""
 import ast
 import os
 
@@ -10,7 +11,7 @@ HOST_MODULE = os.path.join("attention_patch", "comfy_host.py")
 # ComfyUI's own top-level modules (beyond the public comfy_api)
 INTERNAL = {"comfy", "folder_paths", "node_helpers", "latent_preview", "server", "execution", "nodes",
             "comfy_execution", "comfy_extras", "comfyui_version", "app"}
-LAYERS = {"nodes": 3, "attention_patch": 2, "guidance": 1}
+LAYERS = {"nodes": 4, "sampling": 3, "attention_patch": 2, "guidance": 1}
 PURE = {"torch", "numpy", "einops", "math", "dataclasses", "typing", "__future__", "functools", "itertools",
         "collections", "json", "os", "re", "hashlib", "warnings", "enum"}
 
@@ -71,3 +72,69 @@ def test_the_check_can_fail(tmp_path):
     bad.write_text("import comfy.samplers\nfrom folder_paths import get_input_directory\n")
     names = [n for n, _ in imports(str(bad))]
     assert names == ["comfy.samplers", "folder_paths"] and all(n.split(".")[0] in INTERNAL for n in names)
+
+
+def module_of(path) -> str:
+    rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+    return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def pack_import_graph(files) -> dict:
+    """module -> the pack modules it imports (relative imports, at any depth of the file: lazy ones too)."""
+    known = {module_of(f) for f in files}
+    graph = {}
+    for path in files:
+        mod = module_of(path)
+        pkg = mod if path.endswith("__init__.py") else mod.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+            if not isinstance(node, ast.ImportFrom) or node.level == 0:
+                continue
+            parts = pkg.split(".") if pkg else []
+            base = parts[:len(parts) - (node.level - 1)]
+            target = ".".join(base + (node.module.split(".") if node.module else []))
+            for alias in node.names:          # "from . import comfy_host": the submodule itself
+                sub = f"{target}.{alias.name}" if target else alias.name
+                edges.add(sub if sub in known else target)
+        graph[mod] = {e for e in edges if e in known and e != mod}
+    return graph
+
+
+def import_cycles(graph: dict) -> list:
+    cycles, state = [], {}
+
+    def visit(m, stack):
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                cycles.append(stack[stack.index(n):] + [n])
+            elif n not in state:
+                visit(n, stack)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    return cycles
+
+
+def test_no_import_circles():
+    files = [f for f in pack_files() if not f.endswith(os.path.join(os.sep, "__init__.py")) or os.path.dirname(f) != REPO]
+    assert import_cycles(pack_import_graph(files)) == []
+
+
+def test_the_circle_check_can_fail(tmp_path):
+    pkg = tmp_path / "guidance"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("def f():\n    from .b import g\n")
+    (pkg / "b.py").write_text("from .a import f\n")
+    global REPO
+    saved, REPO = REPO, str(tmp_path)
+    try:
+        graph = pack_import_graph([str(pkg / "a.py"), str(pkg / "b.py")])
+    finally:
+        REPO = saved
+    assert graph == {"guidance.a": {"guidance.b"}, "guidance.b": {"guidance.a"}}
+    assert import_cycles(graph) == [["guidance.a", "guidance.b", "guidance.a"]]
