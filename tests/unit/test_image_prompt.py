@@ -153,6 +153,109 @@ def test_public_layout_sd15_sized_16_query_file_built_by_hand():
         assert adapter.encoder(torch.randn(1, 257, clip)).shape == (1, 16, 768)
 
 
+
+def public_plus_state_dict(gen, queries, depth, dim, clip_dim, out_dim, layer_dims, ff_mult=4):
+    """A random dict in the public IP-Adapter-plus key layout (Resampler ``image_proj.*`` + ``ip_adapter.K``).
+
+    Every tensor, LayerNorm affines included, is random so that a swapped or misrouted key shows.
+    """
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen) * scale
+
+    def norm(prefix, width):
+        sd[prefix + ".weight"], sd[prefix + ".bias"] = 1.0 + rnd(width, scale=0.2), rnd(width, scale=0.2)
+
+    sd = {"image_proj.latents": rnd(1, queries, dim, scale=dim ** -0.5),
+          "image_proj.proj_in.weight": rnd(dim, clip_dim, scale=clip_dim ** -0.5),
+          "image_proj.proj_in.bias": rnd(dim, scale=0.1),
+          "image_proj.proj_out.weight": rnd(out_dim, dim, scale=dim ** -0.5),
+          "image_proj.proj_out.bias": rnd(out_dim, scale=0.1)}
+    norm("image_proj.norm_out", out_dim)
+    for n in range(depth):
+        p = f"image_proj.layers.{n}."
+        norm(p + "0.norm1", dim)
+        norm(p + "0.norm2", dim)
+        sd[p + "0.to_q.weight"] = rnd(dim, dim, scale=dim ** -0.5)
+        sd[p + "0.to_kv.weight"] = rnd(2 * dim, dim, scale=dim ** -0.5)
+        sd[p + "0.to_out.weight"] = rnd(dim, dim, scale=dim ** -0.5)
+        norm(p + "1.0", dim)
+        sd[p + "1.1.weight"] = rnd(ff_mult * dim, dim, scale=dim ** -0.5)
+        sd[p + "1.3.weight"] = rnd(dim, ff_mult * dim, scale=(ff_mult * dim) ** -0.5)
+    for j, inner in enumerate(layer_dims):  # the cross-attention processors take the odd numbers
+        sd[f"ip_adapter.{2 * j + 1}.to_k_ip.weight"] = rnd(inner, out_dim, scale=out_dim ** -0.5)
+        sd[f"ip_adapter.{2 * j + 1}.to_v_ip.weight"] = rnd(inner, out_dim, scale=out_dim ** -0.5)
+    return sd
+
+
+def reference_plus_resampler(sd, x, dim_head=64):
+    """IP-Adapter-plus image projection ("Resampler", a perceiver) written from the published architecture,
+    straight off the state dict: no pack code.
+
+    latents [1, Q, dim] repeated over the batch; x = proj_in(x); per layer
+      attention: x' = norm1(x), l' = norm2(latents); q = to_q(l'); k, v = to_kv(concat(x', l') on tokens)
+                 chunked in two; per head softmax((q s)(k s)^T) v with s = dim_head^-1/4 (softmax in float);
+                 latents += to_out(heads merged)
+      feed-forward: latents += W3 GELU(W1 LayerNorm(latents))   (no biases in W1, W3)
+    then norm_out(proj_out(latents)).
+    """
+    f = torch.nn.functional
+
+    def ln(t, prefix):
+        return f.layer_norm(t, (t.shape[-1],), sd[prefix + ".weight"], sd[prefix + ".bias"], eps=1e-5)
+
+    def lin(t, key, bias=None):
+        out = t @ sd[key].T
+        return out if bias is None else out + sd[bias]
+
+    b = x.shape[0]
+    latents = sd["image_proj.latents"].repeat(b, 1, 1)
+    x = lin(x, "image_proj.proj_in.weight", "image_proj.proj_in.bias")
+    depth = len({k.split(".")[2] for k in sd if k.startswith("image_proj.layers.")})
+    for n in range(depth):
+        p = f"image_proj.layers.{n}."
+        xn, ln_lat = ln(x, p + "0.norm1"), ln(latents, p + "0.norm2")
+        q = lin(ln_lat, p + "0.to_q.weight")
+        k, v = lin(torch.cat([xn, ln_lat], dim=1), p + "0.to_kv.weight").chunk(2, dim=-1)
+        inner = q.shape[-1]
+        heads = inner // dim_head if inner % dim_head == 0 else 1
+        dh = inner // heads
+
+        def split(t):
+            return t.reshape(b, t.shape[1], heads, dh).transpose(1, 2)
+
+        s = 1.0 / math.sqrt(math.sqrt(dh))
+        w = (split(q) * s) @ (split(k) * s).transpose(-2, -1)
+        w = torch.softmax(w.float(), dim=-1).to(w.dtype)
+        att = (w @ split(v)).transpose(1, 2).reshape(b, -1, inner)
+        latents = latents + lin(att, p + "0.to_out.weight")
+        h = f.gelu(lin(ln(latents, p + "1.0"), p + "1.1.weight"))
+        latents = latents + lin(h, p + "1.3.weight")
+    return ln(lin(latents, "image_proj.proj_out.weight", "image_proj.proj_out.bias"), "image_proj.norm_out")
+
+
+@pytest.mark.parametrize("queries,depth,dim,clip_dim", [(16, 2, 128, 96), (64, 3, 192, 80), (16, 1, 48, 32)])
+def test_public_plus_layout_matches_reference_resampler(queries, depth, dim, clip_dim):
+    """Loader + encoder on a public IP-Adapter-plus layout dict == the published Resampler forward."""
+    gen = torch.Generator().manual_seed(19 + queries + depth)
+    out_dim, layer_dims = 56, [24, 40, 24, 32]
+    sd = public_plus_state_dict(gen, queries, depth, dim, clip_dim, out_dim, layer_dims)
+    adapter = adapter_from_state_dict({k: v.clone() for k, v in sd.items()})
+    heads = dim // 64 if dim % 64 == 0 else 1
+    assert adapter.cfg == EncoderConfig(clip_dim=clip_dim, dim=dim, depth=depth, heads=heads, num_queries=queries,
+                                        out_dim=out_dim, ff_mult=4, kv_with_queries=True)
+    x = torch.randn(2, 23, clip_dim, generator=gen)  # image-encoder hidden states (penultimate layer)
+    with torch.no_grad():
+        got = adapter.encoder(x)
+    want = reference_plus_resampler(sd, x)
+    assert got.shape == want.shape == (2, queries, out_dim) and got.dtype == want.dtype == torch.float32
+    assert want.std() > 0.5  # norm_out output at unit scale: the tolerance below is tight in relative terms
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    kv = adapter.kv_weights()
+    assert len(kv) == len(layer_dims)
+    for j, (wk, wv) in enumerate(kv):
+        torch.testing.assert_close(wk, sd[f"ip_adapter.{2 * j + 1}.to_k_ip.weight"], rtol=0, atol=0)
+        torch.testing.assert_close(wv, sd[f"ip_adapter.{2 * j + 1}.to_v_ip.weight"], rtol=0, atol=0)
+
 def expect_error(sd, *fragments):
     with pytest.raises(ValueError) as e:
         adapter_from_state_dict(sd, "Image Prompt Encoder", "weights")
@@ -208,11 +311,15 @@ def test_public_export_needs_perceiver_variant():
 
 def test_image_prompt_validate_and_concat():
     kv = ((torch.zeros(8, 40), torch.zeros(8, 40)),)
-    a = ImagePrompt(torch.randn(1, 16, 40), torch.zeros(1, 16, 40), kv_weights=kv).validate()
-    b = ImagePrompt(torch.randn(2, 16, 40), torch.zeros(2, 16, 40), kv_weights=kv).validate()
-    c = a.concat(b)
-    assert c.cond.shape == (2, 32, 40)
-    torch.testing.assert_close(c.cond[1, :16], a.cond[0]) and torch.testing.assert_close(c.cond[1, 16:], b.cond[1])
+    a = ImagePrompt(torch.randn(1, 16, 40), torch.randn(1, 16, 40), kv_weights=kv).validate()
+    b = ImagePrompt(torch.randn(2, 16, 40), torch.randn(2, 16, 40), kv_weights=kv).validate()
+    c = a.concat(b)  # documented: self's tokens then other's along the token axis; a batch of 1 broadcasts
+    assert c.cond.shape == c.uncond.shape == (2, 32, 40)
+    for row in range(2):
+        for got, mine, theirs in ((c.cond, a.cond, b.cond), (c.uncond, a.uncond, b.uncond)):
+            torch.testing.assert_close(got[row, :16], mine[0], rtol=0, atol=0)
+            torch.testing.assert_close(got[row, 16:], theirs[row], rtol=0, atol=0)
+    assert c.gamma == a.gamma and c.kv_weights is a.kv_weights
     with pytest.raises(ValueError, match="to_k_ip"):
         ImagePrompt(a.cond, a.uncond, kv_weights=((torch.zeros(8, 39), torch.zeros(8, 39)),)).validate("N", "image_prompt")
     with pytest.raises(ValueError, match="gamma"):
