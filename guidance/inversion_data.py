@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from .errors import input_error
+from .pni_modes import PROX_MODES
 
-PROX_MODES = ("L1", "L0")
+__all__ = ["Inversion", "PROX_MODES"]
 
 
 @dataclass(frozen=True)
@@ -17,11 +18,14 @@ class Inversion:
     trajectory: tuple           # model-space latents z*_t per sigma, aligned with ``sigmas`` (z*_T first, z_0 last)
     source_cond: Any            # the source CONDITIONING (used as the negative prompt)
     cfg: float
-    lam: float                  # lambda of prox_lambda
+    lam: float                  # lambda of prox_lambda (the fixed one; unused when lam_quantile is set)
     prox: str                   # "L1" (soft threshold) or "L0" (hard threshold)
     eta: float                  # inversion-guidance step size
-    guidance_until: int         # inversion guidance applies for sampling steps i < guidance_until (i = 0: noisiest)
+    guidance_until: int         # inversion guidance on the LAST guidance_until sampling steps, the low-noise end
+                                # (Algorithm 1's t < T_inv): steps i >= steps - guidance_until; 0 = none, steps = all
     scheduler: str = ""         # the ComfyUI scheduler that made ``sigmas`` (for display / re-use)
+    lam_quantile: float | None = None  # None: the fixed lam; q in 0..1: lambda per step such that the prox
+                                       # threshold is the q-quantile of |eps_tar - eps_src| (ProxEdit)
 
     def validate(self, node: str = "INVERSION", input_name: str = "inversion") -> "Inversion":
         if self.prox not in PROX_MODES:
@@ -34,13 +38,13 @@ class Inversion:
             raise input_error(node, input_name, "sigmas must be strictly descending and end at 0")
         if not (0 <= self.guidance_until <= len(self.sigmas) - 1):
             raise input_error(node, input_name, f"guidance_until {self.guidance_until} is outside 0..{len(self.sigmas) - 1}")
+        if self.lam_quantile is not None and not (0 <= self.lam_quantile <= 1):
+            raise input_error(node, input_name, f"lambda quantile {self.lam_quantile} is outside 0..1")
         return self
 
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
 
-    def guidance(self):
-        """A fresh per-run PNIGuidance (guidance/pni.py) for this inversion."""
-        from .pni import PNIGuidance
-        return PNIGuidance(self.sigmas, self.trajectory, self.cfg, self.lam, self.prox, self.eta, self.guidance_until)
+    # The sampling state built from an Inversion is guidance/pni.py's PNIGuidance.from_inversion (this module does
+    # not import pni.py: no import circle).

@@ -13,7 +13,9 @@ import torch
 from comfy_api.latest import io
 
 from ..guidance.errors import input_error
-from ..guidance.inversion_data import PROX_MODES, Inversion
+from ..guidance.inversion_data import Inversion
+from ..guidance.pni import PNIGuidance
+from ..guidance.pni_modes import DEFAULT_QUANTILE, LAMBDA_MODES, PROX_MODES
 from ..guidance.ddim_inversion import ddim_invert
 from .types import CATEGORY_VERSAFUSION, InversionType
 from ..attention_patch import comfy_host as host
@@ -113,19 +115,29 @@ class PNIInvert(io.ComfyNode):
                                tooltip="Guidance scale w of the proximal CFG at sampling time "
                                        "(eps = eps_src + w*prox(eps_tar - eps_src)). The inversion itself runs at cfg 1."),
                 io.Float.Input("lam", display_name="lambda", default=0.02, min=0.0, max=100.0, step=0.001, round=0.0001,
-                               tooltip="lambda of prox_lambda in eps units: CFG differences below it are dropped (L1 also "
-                                       "shrinks the rest by lambda; L0 keeps values above sqrt(2*lambda)). It is also the "
-                                       "threshold of the unedited mask M = |eps_tar - eps_src| <= lambda. 0 = plain CFG."),
+                               tooltip="lambda of prox_lambda in eps units (lambda_mode 'fixed'): L1 drops CFG differences "
+                                       "|eps_tar - eps_src| <= lambda and shrinks the rest by lambda; L0 drops those <= "
+                                       "sqrt(2*lambda) and keeps the rest. The dropped entries are the unedited mask M that "
+                                       "inversion guidance pulls. 0 = plain CFG."),
                 io.Combo.Input("prox", options=list(PROX_MODES), default="L1",
                                tooltip="L1: soft threshold (Eq. 9). L0: hard threshold at sqrt(2*lambda) (Eq. 10)."),
                 io.Float.Input("eta", default=0.1, min=0.0, max=1.0, step=0.01,
                                tooltip="Inversion-guidance step: each guided step pulls the unedited region M towards the "
                                        "inversion trajectory, z <- z - eta*M*(z - z*). 1 = replace, 0 = off."),
                 io.Int.Input("guidance_until", default=50, min=0, max=1000,
-                             tooltip="Inversion guidance applies to sampling steps 0 .. guidance_until-1 (step 0 is the "
-                                     "noisiest). 0 = none; steps or more = every step."),
+                             tooltip="Inversion guidance acts on the LAST guidance_until sampling steps, the low-noise end "
+                                     "(Algorithm 1: t < T_inv): with 50 steps, 20 guides steps 31-50. 0 = none; steps or "
+                                     "more = every step (the default 50 with 50 steps: every step)."),
                 io.Combo.Input("scheduler", options=list(host.SCHEDULER_NAMES), default=DEFAULT_SCHEDULER,
                                tooltip="ComfyUI scheduler for the sigmas (ddim_uniform = the DDIM timesteps of the paper)."),
+                io.Combo.Input("lambda_mode", options=list(LAMBDA_MODES), default="fixed", optional=True,
+                               tooltip="fixed: lambda as set above (the default). quantile: lambda adapts every step so "
+                                       "that the fraction 'quantile' of the CFG difference |eps_tar - eps_src| (the "
+                                       "smallest entries) is dropped and marked unedited, in L1 and L0 alike (ProxEdit); "
+                                       "the lambda input is then not used."),
+                io.Float.Input("quantile", default=DEFAULT_QUANTILE, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="lambda_mode 'quantile' only: the fraction of the CFG difference dropped each step "
+                                       "(per image of the batch): 0.7 as ProxEdit; near 0 = plain CFG, 1 = all dropped (no edit)."),
             ],
             outputs=[
                 InversionType.Output(display_name="inversion"),
@@ -148,8 +160,11 @@ class PNIInvert(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, latent, source, steps, cfg, lam, prox, eta, guidance_until, scheduler) -> io.NodeOutput:
+    def execute(cls, model, latent, source, steps, cfg, lam, prox, eta, guidance_until, scheduler,
+                lambda_mode="fixed", quantile=DEFAULT_QUANTILE) -> io.NodeOutput:
         checks = [
+            (lambda_mode in LAMBDA_MODES, "lambda_mode", f"{lambda_mode!r} is not one of {LAMBDA_MODES}"),
+            (isinstance(quantile, (int, float)) and 0 <= quantile <= 1, "quantile", f"{quantile} must lie in 0..1"),
             (steps >= 1, "steps", f"{steps} must be >= 1"),
             (cfg > 0, "cfg", f"{cfg} must be > 0"),
             (lam >= 0, "lam", f"lambda {lam} must be >= 0"),
@@ -176,8 +191,9 @@ class PNIInvert(io.ComfyNode):
             guidance_until = len(sigmas) - 1
         z_T, trajectory = ddim_invert_with_comfy(model, samples, source, sigmas)
         inversion = Inversion(sigmas=sigmas, trajectory=trajectory, source_cond=source, cfg=float(cfg), lam=float(lam),
-                              prox=prox, eta=float(eta), guidance_until=int(guidance_until),
-                              scheduler=scheduler).validate(INVERT, "latent")
+                              prox=prox, eta=float(eta), guidance_until=int(guidance_until), scheduler=scheduler,
+                              lam_quantile=float(quantile) if lambda_mode == "quantile" else None
+                              ).validate(INVERT, "latent")
         out = {k: v for k, v in latent.items() if k != "noise_mask"}
         out["samples"] = z_T
         return io.NodeOutput(inversion, out, sigmas.clone())
@@ -188,14 +204,14 @@ class PNIGuiderImpl(host.CFGGuider):
 
     conds: "positive" = the target prompt, "negative" = the source prompt stored in the inversion. Per step
     it runs both in one batch (calc_cond_batch) and returns ``self.pni.denoised(...)``. A dual-branch sampler
-    reuses the step through ``reconstruction_denoised`` (or ``Inversion.guidance()`` directly) on its own
+    reuses the step through ``reconstruction_denoised`` (or ``PNIGuidance.from_inversion`` directly) on its own
     batch's predictions."""
 
     def __init__(self, model_patcher, inversion: Inversion):
         super().__init__(model_patcher)
         self.inversion = inversion
         self.cfg = inversion.cfg
-        self.pni = inversion.guidance()
+        self.pni = PNIGuidance.from_inversion(inversion)
 
     def set_target(self, target):
         self.inner_set_conds({"positive": target, "negative": self.inversion.source_cond})
@@ -221,7 +237,7 @@ class PNIGuiderImpl(host.CFGGuider):
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
         if sigmas.shape[-1] > 0:
             self.check_run(noise, latent_image, sigmas)
-        self.pni = self.inversion.guidance()  # fresh per-run state
+        self.pni = PNIGuidance.from_inversion(self.inversion)  # fresh per-run state
         return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
 
     def reconstruction_denoised(self, x, timestep, denoised_tar, denoised_src):

@@ -179,9 +179,10 @@ PNI_EDIT = [
 SPECS["pni_edit.json"] = (PNI_EDIT, [
     "Proximal Negative-Prompt Inversion (VersaFusion Algorithm 1): PNI Invert DDIM-inverts the photo with its own "
     "prompt (20 steps here, ddim_uniform; the paper uses 50); PNI Guider samples it back with the target prompt, "
-    "the source prompt as the negative, the CFG difference through prox_lambda (L1/L0) and the unedited region "
-    "pulled towards the inversion (eta). Sample with DisableNoise, ddim (or euler) and PNI Invert's own sigmas "
-    "and z_T. With target = source it reconstructs the photo. Use an SD1.5-family checkpoint."])
+    "the source prompt as the negative, the CFG difference through prox_lambda (L1/L0; lambda fixed or, with "
+    "lambda_mode quantile, adapted each step) and the unedited region pulled towards the inversion (eta) on the "
+    "last guidance_until steps, the low-noise end (here all 20). Sample with DisableNoise, ddim (or euler) and PNI "
+    "Invert's own sigmas and z_T. With target = source it reconstructs the photo. Use an SD1.5-family checkpoint."])
 
 # Dual-branch (issue 8): PNI Invert the photo, then the Dual-Branch Guided Sampler edits it (drag / move / outpaint).
 def _dual_branch(task: str, widgets: dict, links: dict, prefix: str, side_by_side: bool = True) -> list:

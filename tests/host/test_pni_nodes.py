@@ -106,15 +106,15 @@ def test_invert_outputs_and_trajectory_match_reference(kit, base):
     assert inv.source_cond is kit["src"] and (inv.cfg, inv.lam, inv.prox, inv.eta) == (5.0, 0.02, "L1", 0.1)
 
 
-@pytest.mark.parametrize("mode,lam,eta,until", [("L0", 0.005, 0.5, 2)])
-def test_guider_equals_algorithm_1(kit, base, mode, lam, eta, until):
+@pytest.mark.parametrize("mode,lam,eta,until,q", [("L0", 0.005, 0.5, 2, None), ("L1", 0.005, 0.6, 1, 0.7)])
+def test_guider_equals_algorithm_1(kit, base, mode, lam, eta, until, q):
     from dragfusion.guidance import pni
     inv, z_T, sigmas = base
-    inv = dataclasses.replace(inv, prox=mode, lam=lam, eta=eta, guidance_until=until)
+    inv = dataclasses.replace(inv, prox=mode, lam=lam, eta=eta, guidance_until=until, lam_quantile=q)
     out = sample(pni_guider(kit, inv, kit["tar"]), z_T, sigmas)
     model = kit["model"]
     ref = pni.pni_sample(eps_fn(kit, kit["src"]), eps_fn(kit, kit["tar"]), [t.float() for t in inv.trajectory],
-                         sigmas, 5.0, lam, mode, eta, until)
+                         sigmas, 5.0, lam, mode, eta, until, quantile=q)
     ref = model.model.process_latent_out(ref)
     assert rms(out, ref) < 1e-4 * max(1.0, float(ref.abs().max())), rms(out, ref)
 
@@ -131,6 +131,24 @@ def test_target_equal_source_reconstructs_far_better_than_plain_ddim_cfg5(kit, b
     assert pni_err <= 0.35 * ddim_err, (pni_err, ddim_err)
     inv1 = dataclasses.replace(inv, eta=1.0)
     assert rms(sample(pni_guider(kit, inv1, kit["src"]), z_T, sigmas), x0) < 1e-5
+
+
+def test_guidance_on_the_last_step_only_lands_on_the_image(kit, base):
+    """guidance_until = 1 guides the last, low-noise step (Algorithm 1: t < T_inv): with target = source (M = 1) and
+    eta 1 that step lands on z*_0, the image itself; guiding only the first, noisiest step would not."""
+    inv, z_T, sigmas = base
+    x0 = kit["latent"]["samples"]
+    last = dataclasses.replace(inv, eta=1.0, guidance_until=1)
+    assert rms(sample(pni_guider(kit, last, kit["src"]), z_T, sigmas), x0) < 1e-5
+    none = dataclasses.replace(inv, eta=1.0, guidance_until=0)
+    assert rms(sample(pni_guider(kit, none, kit["src"]), z_T, sigmas), x0) > 1e-3
+
+
+def test_invert_stores_the_lambda_mode(kit, base):
+    assert base[0].lam_quantile is None  # default: the fixed lambda
+    inv = invert(kit, lambda_mode="quantile", quantile=0.6)[0]
+    assert inv.lam_quantile == 0.6 and inv.lam == 0.02
+    assert invert(kit, lambda_mode="fixed", quantile=0.6)[0].lam_quantile is None
 
 
 def test_lambda_limits(kit, base):
@@ -179,6 +197,8 @@ def test_bad_inputs_are_value_errors_naming_node_and_input(kit, base):
         (dict(guidance_until=-1), "PNI Invert: input 'guidance_until'"),
         (dict(lam=-0.1), "PNI Invert: input 'lam'"),
         (dict(prox="L2"), "PNI Invert: input 'prox'"),
+        (dict(lambda_mode="adaptive"), "PNI Invert: input 'lambda_mode'"),
+        (dict(lambda_mode="quantile", quantile=1.5), "PNI Invert: input 'quantile'"),
         (dict(scheduler="nope"), "PNI Invert: input 'scheduler'"),
         (dict(latent={"samples": torch.zeros(1, 4, 8, 8)}), "PNI Invert: input 'latent'"),
         (dict(source=[]), "PNI Invert: input 'source'"),

@@ -44,13 +44,20 @@ def test_pni_nodes_in_object_info(object_info):
         assert set(req) == inputs
         assert all(spec[1].get("tooltip") for spec in req.values()), nid
         assert info["output"] == outputs
+    opt = object_info["DragFusionPNIInvert"]["input"]["optional"]  # optional: older prompts stay valid
+    assert set(opt) == {"lambda_mode", "quantile"} and all(spec[1].get("tooltip") for spec in opt.values())
+    assert opt["quantile"][1]["default"] == 0.7 and opt["lambda_mode"][1]["default"] == "fixed"
     req = object_info["DragFusionPNIInvert"]["input"]["required"]
     assert req["steps"][1]["default"] == 50 and req["cfg"][1]["default"] == 5.0
     assert req["prox"][1]["options"] == ["L1", "L0"] if isinstance(req["prox"][0], str) else req["prox"][0] == ["L1", "L0"]
 
 
-def test_example_workflow_edits_a_real_photo(server, object_info, data_dir):
+@pytest.mark.parametrize("lambda_mode", ["fixed", "quantile"])
+def test_example_workflow_edits_a_real_photo(server, object_info, data_dir, lambda_mode):
     prompt = pni_prompt(object_info)
+    inputs = prompt[node_id(prompt, "DragFusionPNIInvert")]["inputs"]
+    assert inputs["lambda_mode"] == "fixed" and inputs["quantile"] == 0.7  # the example's widgets
+    inputs["lambda_mode"] = lambda_mode
     hist = server.run(prompt, timeout=600)
     assert hist["status"]["status_str"] == "success", json.dumps(harness.execution_error(hist), indent=1)[:3000]
     images = hist["outputs"][node_id(prompt, "SaveImage")]["images"]
