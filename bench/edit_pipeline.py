@@ -1,7 +1,9 @@
 """The AttentionDrag edit as the example workflow wires it, run in-process through the pack's own
-nodes (and ComfyUI's core nodes), for the benchmarks and the evaluation harness.
+nodes (and ComfyUI's core nodes), for the benchmarks and the evaluation harness; and VersaFusion's
+dual-branch drag as dual_branch_drag.json wires it (PNI Invert + Dual-Branch Guided Sampler).
 
     load_models(ckpt) -> Models;  attention_drag(models, image, points, mask, prompt, **options) -> Edit
+    dual_branch_drag(models, image, points, mask, prompt, steps=20) -> Edit
 """
 from __future__ import annotations
 
@@ -82,3 +84,30 @@ def attention_drag(m: Models, image, points, mask, prompt: str = "", steps: int 
                start_at_step=edit_step, end_at_step=10000, return_with_leftover_noise="disable")[0]
     img = core(nodes, "VAEDecode", samples=out, vae=m.vae)[0]
     return Edit(img, edit_mask, out["samples"])
+
+
+def node_defaults(nodes, node_id: str) -> dict:
+    """The widget defaults of a node's schema (required and optional inputs that have one), read at run
+    time: what the UI sends for a freshly added node."""
+    types = nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()
+    return {k: v[1]["default"] for sec in ("required", "optional") for k, v in types.get(sec, {}).items()
+            if len(v) > 1 and isinstance(v[1], dict) and "default" in v[1]}
+
+
+def dual_branch_drag(m: Models, image, points, mask, prompt: str = "", steps: int = 20) -> Edit:
+    """VersaFusion's dual-branch drag at the nodes' own defaults: PNI Invert of the image with its prompt
+    (``steps`` DDIM steps; guidance_until scaled with them as its default is to its default steps), then the
+    Dual-Branch Guided Sampler, task 'drag', sampler 'euler', the points and ``mask`` as the editable region.
+    The plain checkpoint model (no LCM sampling), as the example workflow."""
+    nodes, run = m.nodes, harness.run_node
+    pos = core(nodes, "CLIPTextEncode", clip=m.clip, text=prompt)[0]
+    latent = core(nodes, "VAEEncode", pixels=image, vae=m.vae)[0]
+    inv_kw = node_defaults(nodes, "DragFusionPNIInvert")
+    inv_kw["guidance_until"] = max(0, round(inv_kw["guidance_until"] * steps / inv_kw["steps"]))
+    inv_kw["steps"] = steps
+    inv = run("DragFusionPNIInvert", model=m.model, latent=latent, source=pos, **inv_kw).result[0]
+    kw = node_defaults(nodes, "DragFusionDualBranchGuidedSampler")
+    kw.update(task="drag", sampler_name="euler", points=points, mask=mask)
+    out = run("DragFusionDualBranchGuidedSampler", model=m.model, inversion=inv, target=pos, **kw).result[0]
+    img = core(nodes, "VAEDecode", samples=out, vae=m.vae)[0]
+    return Edit(img, mask, out["samples"])
