@@ -6,14 +6,17 @@ and from which id on the rest of the decoder may run without autograd history: t
 returns ``h`` and the skip tensor detached and switches grad mode off (the caller of the UNet
 restores it), so the blocks the energy does not need keep no activations for the backward pass.
 
-Also here: :func:`install_grad_weights`, the weight wrappers that make a gradient pass possible at
-all inside ComfyUI's executor. The executor loads weights under ``torch.inference_mode()``; such
-tensors cannot be saved for backward. With a weight wrapper on a layer, ComfyUI's cast step copies
-the weight before use (a normal tensor when the pass runs with inference mode off); the wrapper
-detaches it so no weight gradient is ever tracked. Installed on a clone, and only on the layers the
-backward pass goes through.
+Also here: :func:`grad_weights`, the weight wrappers that make a gradient pass possible at all
+inside ComfyUI's executor. The executor loads weights under ``torch.inference_mode()``; such tensors
+cannot be saved for backward. With a weight function on a layer, ComfyUI's cast step copies the weight
+before use (a normal tensor when the pass runs with inference mode off); the function detaches it so no
+weight gradient is ever tracked. The functions are on only for the duration of a gradient pass (a
+context manager around that one UNet call) and only on the layers the backward pass goes through:
+every other call casts no extra copy of any weight.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -84,19 +87,33 @@ def _detached(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
 
 
-def install_grad_weights(model_patcher, detach_from: int | None) -> int:
-    """Weight/bias wrappers on every cast-capable layer the backward pass may cross (all but the output
-    blocks >= ``detach_from`` and the final ``out`` head). Returns how many tensors got one."""
-    count = 0
+def grad_modules(model_patcher, detach_from: int | None) -> list:
+    """The cast-capable layers the backward pass may cross: all but the output blocks >= ``detach_from``
+    and the final ``out`` head."""
     skip = [] if detach_from is None else [f"diffusion_model.output_blocks.{k}." for k in range(detach_from, 1000)]
     skip.append("diffusion_model.out.")
-    for name, module in model_patcher.model.named_modules():
-        if not hasattr(module, "weight_function") or not name.startswith("diffusion_model."):
-            continue
-        if any((name + ".").startswith(s) for s in skip):
-            continue
-        for attr in ("weight", "bias"):
-            if getattr(module, attr, None) is not None:
-                model_patcher.add_weight_wrapper(f"{name}.{attr}", _detached)
-                count += 1
-    return count
+    return [module for name, module in model_patcher.model.named_modules()
+            if hasattr(module, "weight_function") and name.startswith("diffusion_model.")
+            and not any((name + ".").startswith(s) for s in skip)]
+
+
+@contextlib.contextmanager
+def grad_weights(modules: list):
+    """For the duration of the block, a detaching weight (and bias) function on each of ``modules``, so
+    ComfyUI's cast step hands the layer a normal copy that autograd may save; removed again afterwards,
+    whatever happens inside (the lists are the model's own, shared with every clone)."""
+    added = []
+    try:
+        for module in modules:
+            for attr in ("weight", "bias"):
+                if getattr(module, attr, None) is not None:
+                    functions = getattr(module, attr + "_function")
+                    functions.append(_detached)
+                    added.append(functions)
+        yield len(added)
+    finally:
+        for functions in added:
+            for k in range(len(functions) - 1, -1, -1):
+                if functions[k] is _detached:
+                    del functions[k]
+                    break

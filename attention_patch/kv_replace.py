@@ -9,7 +9,9 @@ keys and values (row r of a generation chunk reads row r of the guidance chunk):
     replace   K, V := [K_gud (, K_ref)]            the paper's substitution
     concat    K, V := [K_gen, K_gud (, K_ref)]     the generation branch also keeps its own
 
-``kv_mask`` (latent grid) limits which guidance tokens are read (outpainting reads only the old canvas).
+``kv_mask`` (latent grid) limits which guidance tokens are read (outpainting reads only the old canvas;
+appearance and paste only the image's background), ``kv_ref_mask`` which reference tokens (appearance and
+paste: only the reference object, as DragonDiffusion: the reference's background never bleeds in).
 Outside a dual-branch call, or when the call turns KV off (steps past ``kv_until``), every row gets
 plain self-attention -- through comfy's ``optimized_attention`` (looked up at call time, so the
 user's attention backend is kept), or through an attn1 replace that was already on the layer.
@@ -40,6 +42,9 @@ class BranchCall:
     kv: bool = False                # KV replacement on in this call
     kv_mode: str = "replace"
     kv_mask: torch.Tensor | None = None
+    kv_ref_mask: torch.Tensor | None = None
+    token_cache: dict = field(default_factory=dict)  # (which mask, tokens) -> selected tokens; pass one dict for
+                                                     # a whole run so the masks are resized (and checked) once
     capture_at: dict = field(default_factory=dict)   # output-block id -> feature name (h entering that block)
     detach_from: int | None = None  # output blocks >= this id run without autograd history
     features: dict = field(default_factory=dict)
@@ -70,6 +75,18 @@ def token_mask(mask: torch.Tensor, latent_hw: tuple, tokens: int) -> torch.Tenso
     return None
 
 
+def selected_tokens(call: BranchCall, which: str, tokens: int, device) -> torch.Tensor | None:
+    """Indices of the tokens ``call.<which>`` lets the generation rows read at this layer's grid, or None
+    (no mask, no grid of that size, or the mask is empty there: then every token). Cached in the call's
+    ``token_cache``, so a run resizes each mask once per grid and never syncs with the device per step."""
+    mask = getattr(call, which)
+    key = (which, id(mask), tokens, str(device))
+    if key not in call.token_cache:
+        sel = None if mask is None else token_mask(mask, call.latent_hw, tokens)
+        call.token_cache[key] = None if sel is None or not bool(sel.any()) else torch.nonzero(sel).flatten().to(device)
+    return call.token_cache[key]
+
+
 class KVReplacePatch:
     """attn1 replace for one layer; stateless (the per-call state comes in ``extra_options``)."""
 
@@ -98,13 +115,16 @@ class KVReplacePatch:
         idx = {label: i for i, label in enumerate(call.branches)}
         sources_k = [chunk(k, idx["gud"])]
         sources_v = [chunk(v, idx["gud"])]
-        if call.kv_mask is not None:
-            sel = token_mask(call.kv_mask.to(k.device), call.latent_hw, k.shape[1])
-            if sel is not None and bool(sel.any()):
-                sources_k, sources_v = [sources_k[0][:, sel]], [sources_v[0][:, sel]]
+        sel = selected_tokens(call, "kv_mask", k.shape[1], k.device)
+        if sel is not None:
+            sources_k, sources_v = [sources_k[0][:, sel]], [sources_v[0][:, sel]]
         if "ref" in idx:
-            sources_k.append(chunk(k, idx["ref"]))
-            sources_v.append(chunk(v, idx["ref"]))
+            k_ref, v_ref = chunk(k, idx["ref"]), chunk(v, idx["ref"])
+            sel = selected_tokens(call, "kv_ref_mask", k.shape[1], k.device)
+            if sel is not None:
+                k_ref, v_ref = k_ref[:, sel], v_ref[:, sel]
+            sources_k.append(k_ref)
+            sources_v.append(v_ref)
         gen = [i for i, label in enumerate(call.branches) if label.startswith("gen")]
         other = [i for i in range(n) if i not in gen]
         out = [None] * n

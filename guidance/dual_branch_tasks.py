@@ -11,7 +11,11 @@ Every task becomes one :class:`TaskGeometry` on the latent grid (1 cell = 8 imag
     m_share      what must stay as it was (compared cell by cell with the guidance branch)
     edit_region  where the generation branch is free: PNI's inversion guidance is not applied there
     pad          (left, right, top, bottom) latent cells added around the canvas (outpaint only)
-    kv_mask      guidance tokens the generation branch may read (None = all; outpaint: the old canvas)
+    kv_mask      guidance tokens the generation branch may read (None = all; outpaint: the old canvas;
+                 appearance, paste: the image outside the replaced / pasted region)
+    kv_ref_mask  reference tokens it may read (None = all; appearance, paste: the reference object)
+    m_vacate     the cells the edit empties (drag: handle disks outside the target disks; move: the old
+                 place outside the new one), where DragonDiffusion's removal terms act (None: none)
 
 Points are continuous latent coordinates: pixel / 8, so cell (row i, column j) spans
 [j, j + 1) x [i, i + 1) and its centre is (j + 0.5, i + 0.5) -- DragPoints.in_cells().
@@ -22,6 +26,7 @@ global over the whole image), landmarks (two 68-point sets, from JSON or from 68
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -51,13 +56,15 @@ class TaskGeometry:
     edit_region: torch.Tensor
     pad: tuple = (0, 0, 0, 0)
     kv_mask: torch.Tensor | None = None
+    m_vacate: torch.Tensor | None = None
+    kv_ref_mask: torch.Tensor | None = None
 
     def to(self, device) -> "TaskGeometry":
         """Copies on ``device`` (fresh tensors: usable by autograd even if these were made in inference mode)."""
         mv = lambda t: None if t is None else t.to(device).clone()
         return TaskGeometry(self.task, self.hw, mv(self.m_gen), mv(self.edit_grid), mv(self.m_gud), self.edit_source,
                             self.edit_mode, mv(self.m_share), mv(self.share_grid), mv(self.edit_region), self.pad,
-                            mv(self.kv_mask))
+                            mv(self.kv_mask), mv(self.m_vacate), mv(self.kv_ref_mask))
 
 
 # --- coordinates and shapes --------------------------------------------------------------------
@@ -143,11 +150,19 @@ def similarity_transform(src_mask: torch.Tensor, src_hw: tuple, out_hw: tuple, d
     return m_gen, grid
 
 
-def _geometry(task, hw, m_gen, grid, m_gud, source, mode, m_share, edit_region, pad=(0, 0, 0, 0), kv_mask=None):
+def _geometry(task, hw, m_gen, grid, m_gud, source, mode, m_share, edit_region, pad=(0, 0, 0, 0), kv_mask=None,
+              m_vacate=None, kv_ref_mask=None):
     return TaskGeometry(task=task, hw=(int(hw[0]), int(hw[1])), m_gen=m_gen.float(), edit_grid=grid.float(),
                         m_gud=m_gud.float(), edit_source=source, edit_mode=mode, m_share=m_share.float(),
                         share_grid=identity_grid(hw), edit_region=edit_region.float(), pad=tuple(int(p) for p in pad),
-                        kv_mask=None if kv_mask is None else kv_mask.float())
+                        kv_mask=None if kv_mask is None else kv_mask.float(),
+                        m_vacate=None if m_vacate is None else m_vacate.float(),
+                        kv_ref_mask=None if kv_ref_mask is None else kv_ref_mask.float())
+
+
+def vacated(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Cells of ``old`` that ``new`` does not cover: what an edit leaves behind."""
+    return ((old > 0.5) & ~(new > 0.5)).float()
 
 
 # --- the tasks -----------------------------------------------------------------------------------
@@ -187,7 +202,7 @@ def drag_geometry(pairs: list, hw: tuple, radius: float = 2.0, editable: torch.T
     else:
         editable = torch.maximum((editable > 0.5).float(), torch.maximum(m_gen, m_gud))
     m_share = 1.0 - editable
-    return _geometry(task, hw, m_gen, grid, m_gud, "gud", "local", m_share, editable)
+    return _geometry(task, hw, m_gen, grid, m_gud, "gud", "local", m_share, editable, m_vacate=vacated(m_gud, m_gen))
 
 
 def move_geometry(mask: torch.Tensor, hw: tuple, dx: float, dy: float, scale: float = 1.0,
@@ -201,7 +216,7 @@ def move_geometry(mask: torch.Tensor, hw: tuple, dx: float, dy: float, scale: fl
     if dx == 0 and dy == 0 and scale == 1:
         raise input_error(node, "offset", "offset (0, 0) at scale 1 leaves the object where it is; give an offset or a scale")
     region = torch.maximum(src, m_gen)
-    return _geometry("move", hw, m_gen, grid, src, "gud", "local", 1.0 - region, region)
+    return _geometry("move", hw, m_gen, grid, src, "gud", "local", 1.0 - region, region, m_vacate=vacated(src, m_gen))
 
 
 def appearance_geometry(mask: torch.Tensor, ref_mask: torch.Tensor, hw: tuple, ref_hw: tuple,
@@ -215,7 +230,8 @@ def appearance_geometry(mask: torch.Tensor, ref_mask: torch.Tensor, hw: tuple, r
         raise input_error(node, "mask", "the mask of the object to change is empty")
     if float(r.sum()) == 0:
         raise input_error(node, "reference_mask", "the reference mask is empty; paint the reference object")
-    return _geometry("appearance", hw, m, identity_grid(hw), r, "ref", "global", 1.0 - m, m)
+    return _geometry("appearance", hw, m, identity_grid(hw), r, "ref", "global", 1.0 - m, m, kv_mask=1.0 - m,
+                     kv_ref_mask=r)
 
 
 def paste_geometry(ref_mask: torch.Tensor, hw: tuple, ref_hw: tuple, dx: float, dy: float, scale: float = 1.0,
@@ -225,7 +241,7 @@ def paste_geometry(ref_mask: torch.Tensor, hw: tuple, ref_hw: tuple, dx: float, 
     rest of the image is shared."""
     r = (ref_mask > 0.5).float()
     m_gen, grid = similarity_transform(r, ref_hw, hw, dx, dy, scale, node, "reference_mask")
-    return _geometry("paste", hw, m_gen, grid, r, "ref", "local", 1.0 - m_gen, m_gen)
+    return _geometry("paste", hw, m_gen, grid, r, "ref", "local", 1.0 - m_gen, m_gen, kv_mask=1.0 - m_gen, kv_ref_mask=r)
 
 
 def outpaint_geometry(hw: tuple, pad: tuple, node: str = "outpaint") -> TaskGeometry:
@@ -271,7 +287,7 @@ def landmark_geometry(source: list, target: list, hw: tuple, radius: float = 1.0
     face[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)] = 1.0
     face = dilate(face, max(1, int(math.ceil(radius))))
     g = drag_geometry(pairs, hw, radius, editable=face, node=node, input_name=input_name, task="landmarks")
-    return g
+    return dataclasses.replace(g, m_vacate=None)   # face parts move a little, nothing is removed (as DragonDiffusion)
 
 
 def parse_landmarks_json(text: str, width: int, height: int, node: str, input_name: str = "landmarks_json"):

@@ -13,7 +13,12 @@ coordinates do not depend on the resolution, so one grid serves every feature sc
     energy_term           one term of Eq. 6: w / (alpha + beta * S)
     energy_eq6            Eq. 6   L = w_e/(alpha + beta*S(m_gen, m_gud)) + w_p/(alpha + beta*S(m_share, m_share))
     multiscale_energy     Eq. 6 summed over feature scales (the paper's multi-scale alignment)
+    contrast_term         DragonDiffusion's removal term: the vacated place must stop looking like the object
+    inpaint_term          DragonDiffusion's removal term: the vacated place must look like the background
+    split_multiscale_energy   the energy in two parts whose gradients act inside / outside the edit region
     score_with_energy     Eq. 7   eps~ = eps + s * grad_z L: the energy's gradient joins the model's score
+    rms_normalised_gradient   grad_z L rescaled to the noise prediction's RMS over the edit region
+    x0_guided_denoised    DragonDiffusion's update: the energy enters the x0 prediction only
 
 DragonDiffusion / DiffEditor use alpha = 1, beta = 4: with S in [0, 1] each term falls from w (S = 0,
 opposite features) to w/5 (S = 1, identical features).
@@ -146,16 +151,72 @@ def energy_eq6(s_edit: torch.Tensor, s_share: torch.Tensor, w_e: float, w_p: flo
     return energy_term(s_edit, w_e, alpha, beta) + energy_term(s_share, w_p, alpha, beta)
 
 
+def contrast_term(s_vacate: torch.Tensor, w: float) -> torch.Tensor:
+    """w * S(m_vacate, m_vacate): the vacated cells compared cell by cell with the source there (Eq. 5's
+    S in [0, 1]); it falls as they stop resembling the object that left (DragonDiffusion's w_contrast)."""
+    return w * s_vacate
+
+
+def inpaint_term(s_fill: torch.Tensor, w: float, alpha: float = ALPHA, beta: float = BETA) -> torch.Tensor:
+    """w / (alpha + beta * S): S the global similarity of the vacated cells' mean feature to the source
+    background's mean feature; it falls as the hole fills with background (DragonDiffusion's w_inpaint)."""
+    return energy_term(s_fill, w, alpha, beta)
+
+
+def split_multiscale_energy(feats_gen: list, feats_edit_src: list, feats_share_src: list, m_gen: torch.Tensor,
+                            edit_grid: torch.Tensor | None, m_share: torch.Tensor, share_grid: torch.Tensor | None,
+                            w_e: float, w_p: float, alpha: float = ALPHA, beta: float = BETA, edit_mode: str = "local",
+                            m_edit_src: torch.Tensor | None = None, scale_weights: list | None = None,
+                            m_vacate: torch.Tensor | None = None, w_contrast: float = 0.0, w_inpaint: float = 0.0,
+                            nonempty: dict | None = None):
+    """Eq. 6 with DragonDiffusion's removal terms, as two energies: ``inside`` (the edit term, the
+    contrast and inpaint terms over ``m_vacate``, the cells the edit empties) whose gradient acts in the
+    edit region, and ``outside`` (the preservation term) whose gradient acts elsewhere. The removal terms
+    read the guidance branch (``feats_share_src``): the source at the vacated cells, and its background
+    (``m_share``). Returns (inside, outside, info); ``inside + outside`` is :func:`multiscale_energy` when
+    the removal weights are 0."""
+    inside, info = multiscale_energy(feats_gen, feats_edit_src, feats_share_src, m_gen, edit_grid, m_share, share_grid,
+                                     w_e, 0.0, alpha, beta, edit_mode, m_edit_src, scale_weights, nonempty)
+    outside, info_p = multiscale_energy(feats_gen, feats_edit_src, feats_share_src, m_gen, edit_grid, m_share,
+                                        share_grid, 0.0, w_p, alpha, beta, edit_mode, m_edit_src, scale_weights, nonempty)
+    def _on(name, m):
+        return nonempty[name] if nonempty and name in nonempty else m is not None and float(m.sum()) > 0
+
+    n = len(feats_gen)
+    weights = [1.0 / n] * n if scale_weights is None else [float(w) for w in scale_weights]
+    removal = []
+    if m_vacate is not None and (w_contrast != 0 or w_inpaint != 0) and _on("m_vacate", m_vacate):
+        for k in range(n):
+            fg, fs = feats_gen[k], feats_share_src[k]
+            hw = tuple(fg.shape[-2:])
+            mv = resize_mask(m_vacate, hw)
+            term = fg.new_zeros(fg.shape[0])
+            s_c = s_i = None
+            if w_contrast != 0:
+                s_c = similarity_eq5(fg, fs, mv, None, "local")
+                term = term + contrast_term(s_c, w_contrast)
+            if w_inpaint != 0 and _on("m_share", m_share):
+                s_i = similarity_eq5(fg, fs, mv, None, "global", resize_mask(m_share, tuple(fs.shape[-2:])))
+                term = term + inpaint_term(s_i, w_inpaint, alpha, beta)
+            inside = inside + weights[k] * term.sum()
+            removal.append((None if s_c is None else s_c.detach(), None if s_i is None else s_i.detach()))
+    info = [(e, p) for (e, _), (_, p) in zip(info, info_p)]
+    return inside, outside, dict(scales=info, removal=removal)
+
+
 def multiscale_energy(feats_gen: list, feats_edit_src: list, feats_share_src: list, m_gen: torch.Tensor,
                       edit_grid: torch.Tensor | None, m_share: torch.Tensor, share_grid: torch.Tensor | None,
                       w_e: float, w_p: float, alpha: float = ALPHA, beta: float = BETA, edit_mode: str = "local",
-                      m_edit_src: torch.Tensor | None = None, scale_weights: list | None = None):
+                      m_edit_src: torch.Tensor | None = None, scale_weights: list | None = None,
+                      nonempty: dict | None = None):
     """Eq. 6 at every feature scale, weighted-averaged over scales (weights default to equal).
 
     ``feats_gen[k]`` are the generation branch's features at scale k, ``feats_edit_src[k]`` those of the
     branch the edit term reads (guidance, or the reference), ``feats_share_src[k]`` the guidance
     branch's. Masks and grids are given once, on the latent grid, and resized per scale. A term whose
-    mask (or weight) is empty is left out. Returns (L summed over the batch, per-scale S values)."""
+    mask (or weight) is empty is left out; ``nonempty`` ({"m_gen": bool, "m_share": bool}) says so without
+    reading the masks back from the device (a sampler calls this every guided step). Returns (L summed
+    over the batch, per-scale S values)."""
     n = len(feats_gen)
     if not (n == len(feats_edit_src) == len(feats_share_src)) or n == 0:
         raise ValueError(f"need the same non-zero number of feature scales per branch, got {n}, "
@@ -163,12 +224,14 @@ def multiscale_energy(feats_gen: list, feats_edit_src: list, feats_share_src: li
     weights = [1.0 / n] * n if scale_weights is None else [float(w) for w in scale_weights]
     total = feats_gen[0].new_zeros(())
     info = []
+    edit_on = w_e != 0 and (nonempty["m_gen"] if nonempty else float(m_gen.sum()) > 0)
+    share_on = w_p != 0 and (nonempty["m_share"] if nonempty else float(m_share.sum()) > 0)
     for k in range(n):
         fg = feats_gen[k]
         hw = tuple(fg.shape[-2:])
         term = fg.new_zeros(fg.shape[0])
         s_e = s_p = None
-        if w_e != 0 and float(m_gen.sum()) > 0:
+        if edit_on:
             mg = resize_mask(m_gen, hw)
             if edit_mode == "local":
                 grid = None if edit_grid is None else resize_grid(edit_grid, hw)
@@ -178,7 +241,7 @@ def multiscale_energy(feats_gen: list, feats_edit_src: list, feats_share_src: li
                 ms = None if m_edit_src is None else resize_mask(m_edit_src, tuple(src.shape[-2:]))
                 s_e = similarity_eq5(fg, src, mg, None, "global", ms)
             term = term + energy_term(s_e, w_e, alpha, beta)
-        if w_p != 0 and float(m_share.sum()) > 0:
+        if share_on:
             mp = resize_mask(m_share, hw)
             grid = None if share_grid is None else resize_grid(share_grid, hw)
             s_p = similarity_eq5(fg, feats_share_src[k], mp, grid, "local")
@@ -196,3 +259,38 @@ def score_with_energy(eps: torch.Tensor, grad_z: torch.Tensor, scale: float) -> 
     eps ~ -sqrt(1 - alpha_bar) * grad log q(z), so adding the energy's gradient to eps adds
     -grad L to the score: the next latent moves downhill in L (DragonDiffusion's update)."""
     return eps + scale * grad_z
+
+
+def rms_normalised_gradient(grad_z: torch.Tensor, eps: torch.Tensor, region: torch.Tensor | None = None,
+                            tiny: float = 1e-12) -> torch.Tensor:
+    """``grad_z`` rescaled, per batch entry, so that its RMS over ``region`` (a [h, w] or [B, h, w]
+    0/1 mask on the latent grid; all cells when None or empty) equals the RMS of ``eps`` there.
+
+    With it, Eq. 7's scale is dimensionless: s = 1 shifts the prediction as much as the noise
+    prediction itself, whatever the model, resolution, mask size or feature magnitudes."""
+    if region is None:
+        w = torch.ones_like(eps[:, :1])
+    else:
+        w = _mask4(region, eps).to(eps.dtype)
+        w = torch.where(w.sum(dim=(1, 2, 3), keepdim=True) > 0, w, torch.ones_like(w))  # empty region: all cells
+    ms_eps = (w * eps.pow(2)).sum(dim=(1, 2, 3), keepdim=True)
+    ms_grad = (w * grad_z.pow(2)).sum(dim=(1, 2, 3), keepdim=True)
+    return grad_z * torch.sqrt(ms_eps / ms_grad.clamp_min(tiny))
+
+
+def x0_guided_denoised(denoised: torch.Tensor, grad_z: torch.Tensor, sigma: float, sigma_next: float,
+                       scale: float) -> torch.Tensor:
+    """DragonDiffusion's update in sigma space: the energy's gradient joins the noise prediction of the
+    x0 estimate only, the direction term keeps the unguided noise:
+
+        x_next = (x - sigma * (eps + s * g)) + sigma_next * eps = x_next(unguided) - sigma * s * g.
+
+    A guider returns a denoised prediction and the sampler (Euler / DDIM) steps
+    ``x_next = x + (sigma_next - sigma) * (x - denoised) / sigma``; that step lands on the update above for
+
+        denoised~ = denoised - s * g * sigma^2 / (sigma - sigma_next).
+
+    (Adding s * g to eps in both terms, Eq. 7 read literally, moves x by only (sigma - sigma_next) * s * g.)"""
+    if not sigma > sigma_next:
+        raise ValueError(f"sigma {sigma} must exceed sigma_next {sigma_next} (a denoising step)")
+    return denoised - (scale * sigma * sigma / (sigma - sigma_next)) * grad_z

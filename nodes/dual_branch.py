@@ -5,6 +5,8 @@ The nodes: schema, input checks, the task's geometry from the node inputs, and a
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from comfy_api.latest import io
 
@@ -15,7 +17,8 @@ from ..guidance.dual_branch_tasks import (REFERENCE_TASKS, TASKS, TaskGeometry, 
                                           parse_landmarks_json, paste_geometry, style_geometry)
 from ..guidance.errors import input_error
 from ..guidance.inversion_data import Inversion
-from ..sampling.dual_branch_guider import GUIDER_NODE, DualBranchGuiderImpl, DualBranchSettings, check_settings
+from ..sampling.dual_branch_guider import (DEFAULT_ENERGY_SCALE, ENERGY_MODES, ENERGY_NORMALISED, ENERGY_X0, GUIDER_NODE,
+                                           DualBranchGuiderImpl, DualBranchSettings, check_settings)
 from .types import CATEGORY_VERSAFUSION, DragPointsType, ImagePromptType, InversionType
 from ..attention_patch import comfy_host as host
 
@@ -157,8 +160,11 @@ def _inputs(include_sampler: bool) -> list:
                        tooltip="w_e of Eq. 6: weight of the edit term (m_gen must look like m_gud)."),
         io.Float.Input("w_share", default=6.0, min=0.0, max=100.0, step=0.1,
                        tooltip="w_p of Eq. 6: weight of the preservation term (m_share must stay as it was)."),
-        io.Float.Input("energy_scale", default=40.0, min=0.0, max=10000.0, step=1.0,
-                       tooltip="s in eps~ = eps + s * grad_z L (Eq. 7). DragonDiffusion's default corresponds to 40. 0 = no energy."),
+        io.Float.Input("energy_scale", default=DEFAULT_ENERGY_SCALE[ENERGY_NORMALISED], min=0.0, max=10000.0, step=0.05,
+                       tooltip="s in eps~ = eps + s * grad_z L (Eq. 7); 0 = no energy. With energy_mode 'normalised, x0 only' "
+                               "(default) s is dimensionless: the gradient is rescaled to the noise prediction's RMS over the "
+                               "edit region, so s = 1 moves the x0 estimate as far as the whole noise prediction does, on any "
+                               f"model, size or mask. Raw modes: DragonDiffusion's default is {DEFAULT_ENERGY_SCALE[ENERGY_X0]:g}."),
         io.Float.Input("guidance_fraction", default=0.6, min=0.0, max=1.0, step=0.05,
                        tooltip="The energy guides the first fraction of the steps (0.6 = 30 of 50, as DragonDiffusion)."),
         io.Boolean.Input("kv_replace", default=True,
@@ -197,6 +203,26 @@ def _inputs(include_sampler: bool) -> list:
                               tooltip="Reference tasks: the reference's tokens, concatenated to the source's."),
         io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, optional=True,
                      tooltip="outpaint: the noise of the new canvas area."),
+        io.Combo.Input("energy_mode", options=list(ENERGY_MODES), default=ENERGY_NORMALISED, optional=True,
+                       tooltip="How the energy's gradient joins the step. 'normalised, x0 only' (default): DragonDiffusion's "
+                               "update (the gradient enters the x0 estimate, the direction term keeps the unguided noise) "
+                               "with the gradient RMS-matched to the noise prediction; 'raw, x0 only (DragonDiffusion)': the "
+                               "same update at a raw scale; 'raw, both terms (Eq. 7 as printed)': eps~ in both terms, which "
+                               "shrinks each step's pull by (sigma - sigma_next) / sigma."),
+        io.Float.Input("image_prompt_strength", default=0.1, min=0.0, max=10.0, step=0.01, optional=True,
+                       tooltip="gamma of the decoupled cross-attention (Eq. 11) for image_prompt / reference_image_prompt: "
+                               "out = Attn(text) + gamma * Attn(image). DragonDiffusion / DiffEditor use 0.05-0.1; 1.0 is "
+                               "IP-Adapter's full strength."),
+        io.Boolean.Input("region_split", default=True, optional=True,
+                         tooltip="DragonDiffusion: the gradient of the edit terms acts inside the edit region, that of "
+                                 "the preservation term outside it (two backward passes on a guided step). Off: one "
+                                 "gradient of Eq. 6 everywhere, as the paper writes it."),
+        io.Float.Input("w_contrast", default=0.2, min=0.0, max=100.0, step=0.05, optional=True,
+                       tooltip="drag / move: weight of the term that makes the place the content left stop looking like "
+                               "it (DragonDiffusion's contrast term); 0 = off (the paper has no removal terms)."),
+        io.Float.Input("w_inpaint", default=0.8, min=0.0, max=100.0, step=0.05, optional=True,
+                       tooltip="drag / move: weight of the term that makes the place the content left look like the "
+                               "background (DragonDiffusion's inpainting term); 0 = off."),
         io.Boolean.Input("sparse_guidance", default=True, optional=True,
                          tooltip="DragonDiffusion's schedule: guide every step for the first third of the guided steps, "
                                  "then every other step (about 40 % fewer gradient passes). Off: every guided step."),
@@ -204,12 +230,29 @@ def _inputs(include_sampler: bool) -> list:
     return ins
 
 
-def _settings(w_edit, w_share, energy_scale, guidance_fraction, kv_replace, kv_layers, kv_mode, kv_fraction, seed,
-              sparse_guidance=True):
-    return DualBranchSettings(w_edit=float(w_edit), w_share=float(w_share), energy_scale=float(energy_scale),
-                              guidance_fraction=float(guidance_fraction), kv=bool(kv_replace), kv_layers=kv_layers,
-                              kv_mode=kv_mode, kv_fraction=float(kv_fraction), seed=int(seed),
-                              sparse_guidance=bool(sparse_guidance))
+SETTINGS = ("w_edit", "w_share", "energy_scale", "guidance_fraction", "energy_mode", "region_split", "w_contrast",
+            "w_inpaint", "sparse_guidance", "image_prompt_strength", "seed")
+KV_SETTINGS = {"kv_replace": "kv", "kv_layers": "kv_layers", "kv_mode": "kv_mode", "kv_fraction": "kv_fraction"}
+TASK_INPUTS = ("points", "mask", "offset_x", "offset_y", "scale", "reference", "reference_mask", "landmarks_json",
+               "point_radius", "image_prompt", "reference_image_prompt")
+
+
+def _settings(kw: dict) -> DualBranchSettings:
+    """The node's setting inputs -> DualBranchSettings (inputs left out keep the settings' defaults)."""
+    fields = {}
+    for name in SETTINGS:
+        if name in kw:
+            fields["gamma" if name == "image_prompt_strength" else name] = kw[name]
+    fields.update({field: kw[name] for name, field in KV_SETTINGS.items() if name in kw})
+    kinds = {f.name: f.type for f in dataclasses.fields(DualBranchSettings)}
+    cast = {"float": float, "bool": bool, "int": int, "str": str}
+    return DualBranchSettings(**{k: cast.get(kinds[k], lambda v: v)(v) for k, v in fields.items()})
+
+
+def _guider_from_inputs(node: str, model, inversion, target, task, kw: dict) -> DualBranchGuiderImpl:
+    pad = tuple(int(kw.get(k, 0)) for k in ("pad_left", "pad_right", "pad_top", "pad_bottom"))
+    return build_guider(node, model, inversion, target, task, _settings(kw), pad=pad,
+                        **{k: kw[k] for k in TASK_INPUTS if k in kw})
 
 
 class DualBranchGuider(io.ComfyNode):
@@ -230,17 +273,8 @@ class DualBranchGuider(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, target, task, w_edit, w_share, energy_scale, guidance_fraction, kv_replace,
-                kv_layers="decoder", kv_mode="replace", kv_fraction=1.0, points=None, mask=None, offset_x=0.0,
-                offset_y=0.0, scale=1.0, reference=None, reference_mask=None, pad_left=0, pad_right=0, pad_top=0,
-                pad_bottom=0, landmarks_json="", point_radius=16.0, image_prompt=None, reference_image_prompt=None,
-                seed=0, sparse_guidance=True) -> io.NodeOutput:
-        s = _settings(w_edit, w_share, energy_scale, guidance_fraction, kv_replace, kv_layers, kv_mode, kv_fraction, seed,
-                      sparse_guidance)
-        guider = build_guider(GUIDER_NODE, model, inversion, target, task, s, points, mask, offset_x, offset_y, scale,
-                              reference, reference_mask, (pad_left, pad_right, pad_top, pad_bottom), landmarks_json,
-                              point_radius, image_prompt, reference_image_prompt)
-        return io.NodeOutput(guider)
+    def execute(cls, model, inversion, target, task, **kw) -> io.NodeOutput:
+        return io.NodeOutput(_guider_from_inputs(GUIDER_NODE, model, inversion, target, task, kw))
 
 
 def run_guider(guider: DualBranchGuiderImpl, sampler_name: str, node: str = SAMPLER_NODE) -> dict:
@@ -271,16 +305,8 @@ class DualBranchGuidedSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, target, task, sampler_name, w_edit, w_share, energy_scale, guidance_fraction,
-                kv_replace, kv_layers="decoder", kv_mode="replace", kv_fraction=1.0, points=None, mask=None,
-                offset_x=0.0, offset_y=0.0, scale=1.0, reference=None, reference_mask=None, pad_left=0, pad_right=0,
-                pad_top=0, pad_bottom=0, landmarks_json="", point_radius=16.0, image_prompt=None,
-                reference_image_prompt=None, seed=0, sparse_guidance=True) -> io.NodeOutput:
-        s = _settings(w_edit, w_share, energy_scale, guidance_fraction, kv_replace, kv_layers, kv_mode, kv_fraction, seed,
-                      sparse_guidance)
-        guider = build_guider(SAMPLER_NODE, model, inversion, target, task, s, points, mask, offset_x, offset_y, scale,
-                              reference, reference_mask, (pad_left, pad_right, pad_top, pad_bottom), landmarks_json,
-                              point_radius, image_prompt, reference_image_prompt)
+    def execute(cls, model, inversion, target, task, sampler_name=DEFAULT_SAMPLER, **kw) -> io.NodeOutput:
+        guider = _guider_from_inputs(SAMPLER_NODE, model, inversion, target, task, kw)
         return io.NodeOutput(run_guider(guider, sampler_name))
 
 

@@ -6,8 +6,11 @@ Per sampling step one batched UNet call runs
     gud      the guidance branch: the source image reconstructed along PNI Invert's INVERSION
              (PNI sampling with target = source, guidance/pni.py PNIGuidance)
     ref      the reference branch (appearance, paste, style): the reference's own INVERSION
-    gen_neg  the generation branch under the source prompt (PNI's negative prompt)
+    gen_neg  the generation branch under the source prompt (PNI's negative prompt); left out when it equals
+             the target prompt and no image prompt is connected (the two rows would be one row twice)
     gen_pos  the generation branch under the target prompt
+    feat     on guided steps only: the generation latent again under the target prompt, with plain
+             self-attention (no KV injection); the energy reads its features and only it keeps autograd history
 
 The generation rows' self-attention reads the guidance rows' keys and values (attention_patch/
 kv_replace.py). On the guided steps (the first ``guidance_fraction`` of the schedule, DragonDiffusion's
@@ -18,13 +21,20 @@ and correspondence (guidance/dual_branch_tasks.py), gives grad_z L, which joins 
 step for the first third, then every other one). The generation branch is otherwise PNI sampling
 (proximal CFG + inversion guidance), except that the inversion guidance leaves the edit region alone.
 
-Choices the paper leaves open (documented here and in the tooltips):
-- L is Eq. 6 as written, one gradient for the whole latent (DragonDiffusion instead splits the two
-  terms' gradients by region); scales are averaged.
+Choices the paper leaves open (documented here and in the tooltips), defaults measured on ShapeDrag-GT
+(bench/shapedrag/db_sweep.py):
+- energy_mode: by default the gradient enters the x0 estimate only (DragonDiffusion's update; Eq. 7 read
+  literally adds it to both terms, which shrinks each step's pull by (sigma - sigma_next) / sigma), and
+  it is rescaled to the noise prediction's RMS over the edit region, so energy_scale is dimensionless.
+- region_split: the edit terms' gradient acts inside the edit region, the preservation term's outside
+  (DragonDiffusion); off, one gradient of Eq. 6 for the whole latent, as the paper writes it. Drag and
+  move add DragonDiffusion's removal terms (contrast, inpaint) over the cells the edit empties.
+- Scales are averaged.
 - Sampling starts from the inversion's z_T (padded for outpaint: new cells get seeded noise); the
   guider needs DisableNoise and PNI Invert's sigmas.
-- The energy reads the gen_pos rows (target prompt), the guidance branch its source-prompt rows.
-- Image-prompt tokens: cond tokens on gen_pos, uncond tokens on the other rows.
+- The energy reads the feat row (target prompt, no KV injection, as DragonDiffusion's feature pass), the
+  guidance branch its source-prompt rows.
+- Image-prompt tokens: cond tokens on gen_pos and feat, uncond tokens on the other rows.
 """
 from __future__ import annotations
 
@@ -35,16 +45,22 @@ import torch
 import torch.nn.functional as F
 
 from ..attention_patch import comfy_host as host
-from ..attention_patch.feature_hook import (decoder_feature_points, install_feature_hook, install_grad_weights,
+from ..attention_patch.feature_hook import (decoder_feature_points, grad_modules, grad_weights, install_feature_hook,
                                             parse_feature_blocks)
 from ..attention_patch.kv_replace import CALL_KEY, KV_LAYER_CHOICES, KV_MODES, BranchCall, install_kv_replace
 from ..guidance.dual_branch_tasks import TaskGeometry, pad_latent
-from ..guidance.energy import ALPHA, BETA, multiscale_energy
+from ..guidance.energy import ALPHA, BETA, rms_normalised_gradient, split_multiscale_energy, x0_guided_denoised
 from ..guidance.errors import input_error
 from ..guidance.inversion_data import Inversion
 from ..guidance.pni import PNIGuidance, pni_guided_denoised
 
 GUIDER_NODE = "Dual-Branch Guider"
+# How the energy's gradient joins the sampling step (energy_mode):
+ENERGY_NORMALISED = "normalised, x0 only"               # default: RMS-matched to eps over the edit region, x0 term only
+ENERGY_X0 = "raw, x0 only (DragonDiffusion)"            # DragonDiffusion's update at a raw scale
+ENERGY_EQ7 = "raw, both terms (Eq. 7 as printed)"      # eps~ = eps + s * grad in x0 and direction alike
+ENERGY_MODES = (ENERGY_NORMALISED, ENERGY_X0, ENERGY_EQ7)
+DEFAULT_ENERGY_SCALE = {ENERGY_NORMALISED: 0.5, ENERGY_X0: 40.0, ENERGY_EQ7: 40.0}
 
 
 @dataclass(frozen=True)
@@ -53,7 +69,15 @@ class DualBranchSettings:
     w_share: float = 6.0
     alpha: float = ALPHA
     beta: float = BETA
-    energy_scale: float = 40.0            # DragonDiffusion: energy_scale 1 (UI) * 1e3 * 4e-2
+    energy_scale: float = DEFAULT_ENERGY_SCALE[ENERGY_NORMALISED]   # raw modes: DragonDiffusion 1 (UI) * 1e3 * 4e-2 = 40
+    energy_mode: str = ENERGY_NORMALISED
+    gamma: float = 0.1                    # image-prompt strength (Eq. 11); DragonDiffusion / DiffEditor 0.05-0.1
+    region_split: bool = True             # DragonDiffusion: the edit terms' gradient inside the edit region, the
+                                          # preservation term's outside; False: one gradient of Eq. 6 everywhere
+    w_contrast: float = 0.2               # DragonDiffusion's removal terms on the vacated cells (drag, move)
+    w_inpaint: float = 0.8
+    feature_row: bool = True              # the energy reads a row of its own without KV injection (DragonDiffusion's
+                                          # feature pass); False: the gen_pos row, KV and all (a measurement switch)
     guidance_fraction: float = 0.6        # guide the first 60 % of the steps (30 of 50)
     kv: bool = True
     kv_layers: str = "decoder"
@@ -70,6 +94,22 @@ class DualBranchSettings:
         return (self.w_edit != 0 or self.w_share != 0) and self.energy_scale != 0
 
 
+def same_conditioning(a, b) -> bool:
+    """Two CONDITIONING lists that give the same UNet input (tensors equal, same extra entries)."""
+    def same(u, v):
+        if torch.is_tensor(u) or torch.is_tensor(v):
+            return torch.is_tensor(u) and torch.is_tensor(v) and u.shape == v.shape and bool(torch.equal(u, v))
+        if isinstance(u, dict) and isinstance(v, dict):
+            return u.keys() == v.keys() and all(same(u[k], v[k]) for k in u)
+        if isinstance(u, (list, tuple)) and isinstance(v, (list, tuple)):
+            return len(u) == len(v) and all(same(p, q) for p, q in zip(u, v))
+        try:
+            return bool(u == v)
+        except Exception:   # objects without a usable ==: treat as different
+            return False
+    return same(a, b)
+
+
 def check_settings(s: DualBranchSettings, node: str):
     checks = [
         (math.isfinite(s.w_edit) and s.w_edit >= 0, "w_edit", f"{s.w_edit} must be >= 0"),
@@ -80,6 +120,10 @@ def check_settings(s: DualBranchSettings, node: str):
         (0 <= s.kv_fraction <= 1, "kv_fraction", f"{s.kv_fraction} must lie in 0..1"),
         (s.kv_layers in KV_LAYER_CHOICES, "kv_layers", f"{s.kv_layers!r} is not one of {KV_LAYER_CHOICES}"),
         (s.kv_mode in KV_MODES, "kv_mode", f"{s.kv_mode!r} is not one of {KV_MODES}"),
+        (s.energy_mode in ENERGY_MODES, "energy_mode", f"{s.energy_mode!r} is not one of {ENERGY_MODES}"),
+        (math.isfinite(s.gamma) and 0 <= s.gamma <= 10, "image_prompt_strength", f"{s.gamma} must lie in 0..10"),
+        (math.isfinite(s.w_contrast) and s.w_contrast >= 0, "w_contrast", f"{s.w_contrast} must be >= 0"),
+        (math.isfinite(s.w_inpaint) and s.w_inpaint >= 0, "w_inpaint", f"{s.w_inpaint} must be >= 0"),
     ]
     for ok, name, msg in checks:
         if not ok:
@@ -95,7 +139,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
         self.node = node
         if image_prompt is not None:
             from ..attention_patch.image_prompt import apply_image_prompt
-            m = apply_image_prompt(model, image_prompt, node=node, input_name="image_prompt")  # a clone
+            m = apply_image_prompt(model, image_prompt, gamma=settings.gamma, node=node, input_name="image_prompt")  # a clone
         else:
             m = model.clone()
         unet = m.get_model_object("diffusion_model")
@@ -113,8 +157,8 @@ class DualBranchGuiderImpl(host.CFGGuider):
         self.detach_from = max(points) if points else None
         self.kv_layers = install_kv_replace(m, settings.kv_layers) if settings.kv else []
         install_feature_hook(m)
-        if settings.energy_on:
-            install_grad_weights(m, self.detach_from)
+        # the layers a gradient pass crosses; their detaching weight functions are on during that pass only
+        self.grad_modules = grad_modules(m, self.detach_from) if settings.energy_on else []
         super().__init__(m)
         self.inversion, self.reference, self.geometry, self.settings = inversion, reference, geometry, settings
         self.cfg = inversion.cfg
@@ -122,6 +166,11 @@ class DualBranchGuiderImpl(host.CFGGuider):
         if reference is not None:
             conds["reference"] = reference.source_cond
         self.inner_set_conds(conds)
+        # target = source prompt (drag, move, ...): the generation branch's two rows would be one row computed twice
+        self.one_gen_row = image_prompt is None and same_conditioning(target, inversion.source_cond)
+        g = geometry    # on the CPU here: which masks have cells, known once instead of read back every guided step
+        self.nonempty = {name: getattr(g, name) is not None and bool(getattr(g, name).sum() > 0)
+                         for name in ("m_gen", "m_share", "m_vacate")}
         self.trajectory = self._padded_trajectory()
         self.energy_log: list = []
 
@@ -139,7 +188,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
         return (pad_latent(z, pad, noise),) + tuple(pad_latent(t, pad) for t in traj[1:])
 
     def _pni(self, inv: Inversion, trajectory) -> PNIGuidance:
-        return PNIGuidance(inv.sigmas, trajectory, inv.cfg, inv.lam, inv.prox, inv.eta, inv.guidance_until)
+        return PNIGuidance.from_inversion(inv, trajectory)
 
     def check_run(self, noise, sigmas) -> int:
         if torch.count_nonzero(noise) > 0:
@@ -174,6 +223,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
         self.kv_until = int(round(self.settings.kv_fraction * n))
         self.energy_log = []
         self.saved_bytes = 0      # the largest activation memory kept for one guided step's backward pass
+        self._token_cache = {}    # KV token selections per grid, for the whole run
         self._geo = None
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
@@ -254,7 +304,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
         to = model.current_patcher.apply_hooks(hooks=None)
         if "transformer_options" in model_options:
             to = host.merge_nested_dicts(to, model_options["transformer_options"], copy_dict1=False)
-        cond_or_uncond = [0 if label == "gen_pos" else 1 for label in labels]
+        cond_or_uncond = [0 if label in ("gen_pos", "feat") else 1 for label in labels]
         to["cond_or_uncond"] = cond_or_uncond
         to["uuids"] = [p.uuid for _, p in chunks]
         to["sigmas"] = timestep
@@ -288,14 +338,73 @@ class DualBranchGuiderImpl(host.CFGGuider):
                 self._geo = self.geometry.to(device)
         return self._geo
 
-    def _energy(self, call: BranchCall, rows: int, device):
+    def _energy(self, call: BranchCall, feat_call: BranchCall, rows: int, device):
         g = self._geometry_on(device)
-        f_gen = self._features(call, "gen_pos", rows)
+        f_gen = self._features(feat_call, "feat" if self.settings.feature_row else "gen_pos", rows)
         f_gud = self._features(call, "gud", rows)
         f_src = self._features(call, "ref", rows) if g.edit_source == "ref" else f_gud
         s = self.settings
-        return multiscale_energy(f_gen, f_src, f_gud, g.m_gen, g.edit_grid, g.m_share, g.share_grid, s.w_edit, s.w_share,
-                                 s.alpha, s.beta, g.edit_mode, m_edit_src=g.m_gud)
+        return split_multiscale_energy(f_gen, f_src, f_gud, g.m_gen, g.edit_grid, g.m_share, g.share_grid, s.w_edit,
+                                       s.w_share, s.alpha, s.beta, g.edit_mode, m_edit_src=g.m_gud, m_vacate=g.m_vacate,
+                                       w_contrast=s.w_contrast, w_inpaint=s.w_inpaint, nonempty=self.nonempty)
+
+    def _gradient(self, inside, outside, x_leaf):
+        """grad_x of the energy. Region split (DragonDiffusion): the inside energy's gradient in the edit region,
+        the outside energy's elsewhere (a backward pass each); else the gradient of their sum (one pass)."""
+        if not (inside.requires_grad or outside.requires_grad):
+            return None
+        if not self.settings.region_split:
+            grad, = torch.autograd.grad(inside + outside, x_leaf)
+            return grad
+        r = self._region(x_leaf)
+        grad = torch.zeros_like(x_leaf)
+        if inside.requires_grad:
+            g_in, = torch.autograd.grad(inside, x_leaf, retain_graph=outside.requires_grad)
+            grad = grad + g_in * r
+        if outside.requires_grad:
+            g_out, = torch.autograd.grad(outside, x_leaf)
+            grad = grad + g_out * (1.0 - r)
+        return grad
+
+    def _region(self, like) -> torch.Tensor:
+        return self._geometry_on(like.device).edit_region.to(like.dtype)[None, None]
+
+    def _guided_pass(self, parts, x, i, timestep, model_options, call):
+        """A guided step: the branches' batch, and the energy's gradient w.r.t. the generation latent.
+
+        feature_row (default): the batch runs without autograd; the energy reads a second UNet call of the
+        generation latent alone under the target prompt with plain self-attention (DragonDiffusion's feature
+        pass), the only call that keeps activations for the backward pass. Otherwise the gen_pos row of the
+        batch itself carries the gradient (the whole batch keeps activations)."""
+        saved = {}
+
+        def pack(t):  # what the backward pass keeps (memory diagnostic, deduplicated by storage)
+            saved[(t.data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
+            return t
+
+        pos = self.conds.get("positive")
+        feat_call = call
+        if self.settings.feature_row:
+            with torch.no_grad():
+                outs = self._run_batch(parts, timestep, model_options, call)
+            feat_call = BranchCall(branches=(), latent_hw=call.latent_hw, kv=False, token_cache=call.token_cache,
+                                   capture_at=dict(call.capture_at))
+        with torch.inference_mode(False), torch.enable_grad(), grad_weights(self.grad_modules):
+            x_leaf = x.detach().clone().requires_grad_(True)
+            feat_call.detach_from = self.detach_from
+            grad_parts = [("feat", x_leaf, pos)] if self.settings.feature_row else parts[:-1] + [("gen_pos", x_leaf, pos)]
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out_g = self._run_batch(grad_parts, timestep, model_options, feat_call)
+            self.saved_bytes = max(self.saved_bytes, sum(saved.values()))
+            if not self.settings.feature_row:
+                outs = {k: v.detach() for k, v in out_g.items()}
+            del out_g
+            inside, outside, info = self._energy(call, feat_call, x.shape[0], x.device)
+            grad = self._gradient(inside, outside, x_leaf)
+            self.energy_log.append((i, (inside + outside).detach(), info["scales"], info["removal"]))
+        call.features.clear()
+        feat_call.features.clear()
+        return grad, outs
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         host.throw_if_interrupted()
@@ -307,47 +416,40 @@ class DualBranchGuiderImpl(host.CFGGuider):
         parts = [("gud", self._branch_x("gud", i, i_low, sigma, x), neg)]
         if self.reference is not None:
             parts.append(("ref", self._branch_x("ref", i, i_low, sigma, x), self.conds.get("reference")))
-        parts += [("gen_neg", x, neg), ("gen_pos", x, pos)]
+        parts += ([] if self.one_gen_row else [("gen_neg", x, neg)]) + [("gen_pos", x, pos)]
         call = BranchCall(branches=(), latent_hw=tuple(x.shape[-2:]), kv=self.settings.kv and i_low < self.kv_until,
-                          kv_mode=self.settings.kv_mode, kv_mask=self.geometry.kv_mask)
+                          kv_mode=self.settings.kv_mode, kv_mask=self.geometry.kv_mask,
+                          kv_ref_mask=self.geometry.kv_ref_mask, token_cache=self._token_cache)
         grad = None
         if guided:
             call.capture_at = {p: f"f{p}" for p in self.feature_points}
-            call.detach_from = self.detach_from
-            saved = {}
-
-            def pack(t):  # what the backward pass keeps (memory diagnostic, deduplicated by storage)
-                saved[(t.data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
-                return t
-
-            with torch.inference_mode(False), torch.enable_grad():
-                x_leaf = x.detach().clone().requires_grad_(True)
-                parts[-1] = ("gen_pos", x_leaf, pos)
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    outs = self._run_batch(parts, timestep, model_options, call)
-                self.saved_bytes = max(self.saved_bytes, sum(saved.values()))
-                outs = {k: v.detach() for k, v in outs.items()}
-                energy, info = self._energy(call, x.shape[0], x.device)
-                if energy.requires_grad:
-                    grad, = torch.autograd.grad(energy, x_leaf)
-                self.energy_log.append((i, float(energy.detach()), info))
-            call.features.clear()
+            grad, outs = self._guided_pass(parts, x, i, timestep, model_options, call)
         else:
             with torch.no_grad():
                 outs = self._run_batch(parts, timestep, model_options, call)
         self._advance("gud", self.pni_gud, i, parts[0][1], outs["gud"], timestep)
         if self.reference is not None:
             self._advance("ref", self.pni_ref, i, parts[1][1], outs["ref"], timestep)
-        d_neg, d_pos = outs["gen_neg"], outs["gen_pos"]
+        d_pos = outs["gen_pos"]
+        d_neg = d_pos if self.one_gen_row else outs["gen_neg"]
         denoised = self.pni_gen.denoised(x, timestep, d_neg, d_pos)
         if (self.settings.protect_edit_region and self.inversion.eta > 0
                 and float(self.geometry.edit_region.sum()) > 0):
             plain, _ = pni_guided_denoised(x, timestep, None, d_neg, d_pos, self.inversion.cfg, self.inversion.lam,
-                                           self.inversion.prox)
+                                           self.inversion.prox, quantile=getattr(self.inversion, "lam_quantile", None))
             keep = (1.0 - self._geometry_on(x.device).edit_region).to(x.dtype)[None, None]
             denoised = plain + keep * (denoised - plain)
         if grad is not None:
-            # Eq. 7: eps~ = eps + s * grad_z L, z = x / sqrt(1 + sigma^2) the UNet's input; denoised = x - sigma * eps~
-            grad_z = grad.to(x.dtype) * math.sqrt(1.0 + sigma * sigma)
-            denoised = denoised - sigma * self.settings.energy_scale * grad_z
+            denoised = self.apply_energy(x, denoised, grad, sigma, i)
         return denoised
+
+    def apply_energy(self, x, denoised, grad, sigma: float, i: int) -> torch.Tensor:
+        """Eq. 7 with the gradient w.r.t. z = x / sqrt(1 + sigma^2) (the UNet's input), in the chosen mode."""
+        s = self.settings
+        grad_z = grad.to(x.dtype) * math.sqrt(1.0 + sigma * sigma)
+        if s.energy_mode == ENERGY_EQ7:            # eps~ = eps + s * grad_z in both terms: denoised = x - sigma * eps~
+            return denoised - sigma * s.energy_scale * grad_z
+        if s.energy_mode == ENERGY_NORMALISED:
+            eps = (x - denoised) / sigma
+            grad_z = rms_normalised_gradient(grad_z, eps, self._geometry_on(x.device).edit_region)
+        return x0_guided_denoised(denoised, grad_z, sigma, float(self.pni_gen.sigmas[i + 1]), s.energy_scale)

@@ -242,8 +242,7 @@ class TaskEvaluator(evaluate.Evaluator):
         elif t == "landmarks":
             kw.update(landmarks_json=tasks.landmarks_json(s))
         out = harness.run_node("DragFusionDualBranchGuidedSampler", model=self.model, inversion=inv, target=pos,
-                               sampler_name="euler", w_edit=4.0, w_share=6.0, energy_scale=40.0, guidance_fraction=0.6,
-                               kv_replace=True, **kw).result[0]
+                               sampler_name="euler", **kw).result[0]          # the node's defaults otherwise
         return self.decode(out)
 
     def _pni_edit(self, s) -> np.ndarray:

@@ -55,7 +55,7 @@ def params(model):
 
 def run(kit, task="drag", eta=0.1, target=None, **kw):
     args = dict(model=kit["model"], inversion=kit["inv"][eta], target=target or kit["src"], task=task,
-                sampler_name="euler", w_edit=4.0, w_share=6.0, energy_scale=40.0, guidance_fraction=0.6,
+                sampler_name="euler", w_edit=4.0, w_share=6.0, energy_scale=0.25, guidance_fraction=0.6,
                 kv_replace=True)
     args.update(kw)
     with torch.inference_mode():
@@ -101,9 +101,11 @@ def test_drag_energy_acts_and_model_is_unchanged(kit):
     with torch.inference_mode():
         out = run_guider(g, "euler")["samples"]
     assert out.shape == kit["z_T"]["samples"].shape and torch.isfinite(out).all()
-    assert [i for i, _, _ in g.energy_log] == [0, 1]        # round(0.6 * 3) = 2 guided steps
-    for _, e, info in g.energy_log:
-        assert np.isfinite(e) and 0 < e <= 4.0 + 6.0         # L <= w_e/alpha + w_p/alpha
+    assert [entry[0] for entry in g.energy_log] == [0, 1]   # round(0.6 * 3) = 2 guided steps
+    for _, e, info, removal in g.energy_log:
+        e = float(e)                                         # L <= w_e/alpha + w_p/alpha + w_contrast + w_inpaint/alpha
+        assert np.isfinite(e) and 0 < e <= 4.0 + 6.0 + 0.2 + 0.8
+        assert removal and all(0 <= float(v) <= 1 + 1e-5 for r in removal for v in r)   # the handle disks are vacated
         assert len(info) == 2 and info[0][0] is not None     # two scales; the edit term is there
         assert all(0 <= float(s) <= 1 for scale in info for s in scale if s is not None)   # S in [0, 1]
     plain = run(kit, points=drag_points(), point_radius=8.0, energy_scale=0.0)
@@ -121,13 +123,13 @@ def test_move_through_sampler_custom_advanced_with_another_sampler(kit):
     mask[:, 16:40, 8:32] = 1
     with torch.inference_mode():
         g = harness.run_node(GUIDER, model=kit["model"], inversion=kit["inv"][0.1], target=kit["src"], task="move",
-                             w_edit=4.0, w_share=6.0, energy_scale=40.0, guidance_fraction=0.6, kv_replace=True,
+                             w_edit=4.0, w_share=6.0, energy_scale=0.25, guidance_fraction=0.6, kv_replace=True,
                              mask=mask, offset_x=16.0, offset_y=0.0, scale=1.0).result[0]
         out = harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_EmptyNoise(), guider=g,
                                sampler=comfy.samplers.sampler_object("dpmpp_2m"), sigmas=kit["sigmas"],
                                latent_image=kit["z_T"]).result[0]["samples"]
     assert out.shape == kit["z_T"]["samples"].shape and torch.isfinite(out).all()
-    assert [i for i, _, _ in g.energy_log] == [0]            # sparse schedule: steps 0 (dense third), 1 skipped
+    assert [entry[0] for entry in g.energy_log] == [0]       # sparse schedule: steps 0 (dense third), 1 skipped
     with pytest.raises(ValueError, match="Dual-Branch Guider: input 'noise': .*DisableNoise"):
         with torch.inference_mode():
             harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_RandomNoise(1), guider=g,
@@ -263,6 +265,63 @@ def test_kv_replace_patch_against_naive_attention(host):
     sel = call.kv_mask.flatten().bool()
     out = patch(q, k, v, {**opts, kvr.CALL_KEY: call})
     assert torch.allclose(out[2], naive(q[2:], k[:1, sel], v[:1, sel])[0], atol=1e-5)
+    # a reference branch: the generation rows read the guidance tokens of kv_mask and the reference tokens of
+    # kv_ref_mask only (appearance / paste: the image's background and the reference object)
+    ref_call = kvr.BranchCall(branches=("gud", "ref", "gen_pos"), latent_hw=(4, 4), kv=True, kv_mask=call.kv_mask,
+                              kv_ref_mask=torch.zeros(4, 4))
+    ref_call.kv_ref_mask[2:, 2:] = 1
+    rsel = ref_call.kv_ref_mask.flatten().bool()
+    out = patch(q, k, v, {**opts, kvr.CALL_KEY: ref_call})
+    expect = naive(q[2:], torch.cat([k[:1, sel], k[1:2, rsel]], 1), torch.cat([v[:1, sel], v[1:2, rsel]], 1))
+    assert torch.allclose(out[2], expect[0], atol=1e-5)
+    assert torch.allclose(out[1], naive(q[1:2], k[1:2], v[1:2])[0], atol=1e-5)   # the reference row: its own
     call.kv = False
     assert torch.allclose(patch(q, k, v, {**opts, kvr.CALL_KEY: call}), naive(q, k, v), atol=1e-5)
     assert torch.allclose(patch(q, k, v, opts), naive(q, k, v), atol=1e-5)   # outside a dual-branch call
+
+
+@pytest.mark.parametrize("mode", ["normalised, x0 only", "raw, x0 only (DragonDiffusion)",
+                                  "raw, both terms (Eq. 7 as printed)"])
+def test_the_energy_joins_the_step_as_its_mode_says(kit, mode):
+    """The guider's apply_energy against the formulas, through the sampler's Euler step
+    x_next = x + (sigma_next - sigma) (x - denoised) / sigma:
+    x0 modes (DragonDiffusion): x_next moves by -sigma * s * g (g normalised: RMS over the edit region = eps's);
+    Eq. 7 literal: by -(sigma - sigma_next) * s * g_z only."""
+    mod = host_module(harness.load_host())
+    s = mod.DualBranchSettings(energy_mode=mode, energy_scale=0.3)
+    g = guider_impl(kit, "drag", settings=s, points=drag_points(), point_radius=8.0)
+    g.reset(0)
+    i = 1
+    sigma, sigma_next = float(g.pni_gen.sigmas[i]), float(g.pni_gen.sigmas[i + 1])
+    gen = torch.Generator().manual_seed(3)
+    x, eps, grad = (torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=gen) for _ in range(3))
+    denoised = x - sigma * eps
+    out = g.apply_energy(x, denoised, grad, sigma, i)
+    step = lambda d: x + (sigma_next - sigma) * (x - d) / sigma
+    moved = step(out) - step(denoised)
+    g_z = grad * (1.0 + sigma * sigma) ** 0.5                 # the gradient w.r.t. the UNet's input z = x / sqrt(1 + s^2)
+    if mode.startswith("raw, both"):
+        torch.testing.assert_close(moved, -(sigma - sigma_next) * 0.3 * g_z, atol=1e-5, rtol=1e-4)
+        return
+    if mode.startswith("normalised"):
+        region = g.geometry.edit_region[None, None] > 0.5
+        rms = lambda t: t[region.expand_as(t)].pow(2).mean().sqrt()
+        g_z = g_z * rms(eps) / rms(g_z)
+        torch.testing.assert_close(rms(moved / (sigma * 0.3)), rms(eps), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(moved, -sigma * 0.3 * g_z, atol=1e-5, rtol=1e-4)
+
+
+def test_node_defaults_are_the_settings_defaults(host):
+    """A node input left out (in-process callers, old workflows) and the widget's default give the same edit."""
+    import dataclasses
+    mod = host_module(harness.load_host())
+    fields = {f.name: f.default for f in dataclasses.fields(mod.DualBranchSettings)}
+    for node_id in (SAMPLER, GUIDER):
+        info = host.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()
+        specs = {**info["required"], **info.get("optional", {})}
+        checked = 0
+        for name in mod.SETTINGS + tuple(mod.KV_SETTINGS):
+            field = "gamma" if name == "image_prompt_strength" else mod.KV_SETTINGS.get(name, name)
+            assert specs[name][1]["default"] == fields[field], (node_id, name)
+            checked += 1
+        assert checked >= 14

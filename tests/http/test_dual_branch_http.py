@@ -27,7 +27,7 @@ def cheap_prompt(object_info, name: str) -> dict:
     for node in prompt.values():
         ins = node["inputs"]
         if node["class_type"] == "DragFusionDualBranchGuidedSampler":
-            ins["energy_scale"] = round(random.uniform(20.0, 60.0), 3)
+            ins["energy_scale"] = round(random.uniform(0.1, 0.5), 4)
     return prompt
 
 

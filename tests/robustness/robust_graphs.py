@@ -98,7 +98,7 @@ def pni_graph(variant: int = 0, steps: int = 2, dual: bool = False) -> dict:
 
 def dual_inputs() -> dict:
     return {"model": ["1", 0], "inversion": ["30", 0], "target": ["6", 0], "task": "drag", "w_edit": 4.0,
-            "w_share": 6.0, "energy_scale": 40.0, "guidance_fraction": 0.6, "kv_replace": True,
+            "w_share": 6.0, "energy_scale": 0.25, "guidance_fraction": 0.6, "kv_replace": True,
             "kv_layers": "decoder", "kv_mode": "replace", "kv_fraction": 1.0, "points": ["5", 0],
             "offset_x": 0.0, "offset_y": 0.0, "scale": 1.0, "pad_left": 0, "pad_right": 0, "pad_top": 0,
             "pad_bottom": 0, "landmarks_json": "", "point_radius": 16.0, "seed": 0}

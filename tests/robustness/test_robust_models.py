@@ -99,7 +99,7 @@ def custom_sample(guider, k):
 
 def dual_inputs(k, model):
     return dict(model=model, inversion=k["inversion"], target=k["cond"], task="drag", w_edit=4.0, w_share=6.0,
-                energy_scale=40.0, guidance_fraction=0.6, kv_replace=True, kv_layers="decoder", kv_mode="replace",
+                energy_scale=0.25, guidance_fraction=0.6, kv_replace=True, kv_layers="decoder", kv_mode="replace",
                 kv_fraction=1.0, points=k["points"], seed=0)
 
 

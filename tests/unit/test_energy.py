@@ -6,8 +6,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from dragfusion.guidance.energy import (ALPHA, BETA, energy_eq6, energy_term, identity_grid, multiscale_energy,
-                                        region_mean, resize_grid, resize_mask, score_with_energy, similarity_eq5,
-                                        warp_features)
+                                        region_mean, resize_grid, resize_mask, rms_normalised_gradient,
+                                        score_with_energy, similarity_eq5, split_multiscale_energy, warp_features,
+                                        x0_guided_denoised)
 
 
 def unit(v):
@@ -120,6 +121,39 @@ def test_multiscale_energy_matches_per_scale_formula():
     assert float(t2) == 0.0 and info2[0] == (None, None)
 
 
+def test_split_energy_is_eq6_plus_the_removal_terms_by_hand():
+    """inside = edit term + w_c * S_local(vacated) + w_i / (1 + 4 S_global(vacated mean, background mean));
+    outside = the preservation term; with the removal weights 0 their sum is Eq. 6 (multiscale_energy)."""
+    torch.manual_seed(5)
+    fg, fs = [torch.randn(1, 5, 8, 8)], [torch.randn(1, 5, 8, 8)]
+    m_gen = torch.zeros(8, 8)
+    m_gen[2:4, 4:6] = 1
+    m_vac = torch.zeros(8, 8)
+    m_vac[2:4, 1:3] = 1
+    m_share = 1 - torch.maximum(m_gen, m_vac)
+    grid = identity_grid((8, 8))
+    inside, outside, info = split_multiscale_energy(fg, fs, fs, m_gen, grid, m_share, None, 3.0, 2.0, m_vacate=m_vac,
+                                                    w_contrast=0.5, w_inpaint=0.7)
+    s_e = float(similarity_eq5(fg[0], fs[0], m_gen, grid))
+    s_p = float(similarity_eq5(fg[0], fs[0], m_share))
+    cos = lambda a, b: float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    vac_gen = fg[0][0][:, m_vac > 0]                           # [C, cells]
+    vac_src = fs[0][0][:, m_vac > 0]
+    s_c = sum(0.5 * (cos(vac_gen[:, j], vac_src[:, j]) + 1) for j in range(vac_gen.shape[1])) / vac_gen.shape[1]
+    s_i = 0.5 * (cos(vac_gen.mean(1), fs[0][0][:, m_share > 0].mean(1)) + 1)
+    assert float(outside) == pytest.approx(2.0 / (1 + 4 * s_p), rel=1e-5)
+    assert float(inside) == pytest.approx(3.0 / (1 + 4 * s_e) + 0.5 * s_c + 0.7 / (1 + 4 * s_i), rel=1e-5)
+    (rc, ri), = info["removal"]
+    assert float(rc) == pytest.approx(s_c, rel=1e-5) and float(ri) == pytest.approx(s_i, rel=1e-5)
+    plain, _ = multiscale_energy(fg, fs, fs, m_gen, grid, m_share, None, 3.0, 2.0)
+    i0, o0, _ = split_multiscale_energy(fg, fs, fs, m_gen, grid, m_share, None, 3.0, 2.0, m_vacate=m_vac)
+    assert float(i0 + o0) == pytest.approx(float(plain), rel=1e-6)
+    flags = dict(m_gen=True, m_share=True, m_vacate=False)     # told the vacated mask is empty: no removal terms
+    i1, _, info1 = split_multiscale_energy(fg, fs, fs, m_gen, grid, m_share, None, 3.0, 2.0, m_vacate=m_vac,
+                                           w_contrast=0.5, w_inpaint=0.7, nonempty=flags)
+    assert float(i1) == pytest.approx(float(i0), rel=1e-6) and info1["removal"] == []
+
+
 def test_gradient_step_lowers_energy():
     """On synthetic features a gradient step on the generation features lowers L (Eq. 6 at two scales)."""
     torch.manual_seed(2)
@@ -153,3 +187,49 @@ def test_score_with_energy_moves_latent_downhill():
     x0 = z.detach() - sigma * score_with_energy(eps, g, 0.1)
     z_next = x0 + sigma_next * score_with_energy(eps, g, 0.1)
     assert float((z_next ** 2).sum()) < float(loss)
+
+
+def test_x0_guided_denoised_gives_dragondiffusions_step_through_an_euler_step():
+    """DragonDiffusion: x_next = (x - sigma (eps + s g)) + sigma_next eps. The sampler's Euler (= DDIM) step from the
+    returned denoised prediction must land there, i.e. move by -sigma s g, not by -(sigma - sigma_next) s g as Eq. 7
+    read literally (eps~ in both terms) does."""
+    gen = torch.Generator().manual_seed(0)
+    x, eps, g = (torch.randn(2, 4, 5, 6, generator=gen) for _ in range(3))
+    sigma, sigma_next, s = 2.5, 1.75, 0.3
+    denoised = x - sigma * eps
+
+    def euler(d):
+        return x + (sigma_next - sigma) * (x - d) / sigma
+
+    expect = (x - sigma * (eps + s * g)) + sigma_next * eps
+    got = euler(x0_guided_denoised(denoised, g, sigma, sigma_next, s))
+    torch.testing.assert_close(got, expect, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got - euler(denoised), -sigma * s * g, atol=1e-5, rtol=1e-5)
+    literal = euler(x - sigma * score_with_energy(eps, g, s))               # Eq. 7 in both terms
+    torch.testing.assert_close(literal - euler(denoised), -(sigma - sigma_next) * s * g, atol=1e-5, rtol=1e-5)
+    last = x0_guided_denoised(denoised, g, sigma, 0.0, s)                     # last step: x_next = x0~
+    torch.testing.assert_close(last, x - sigma * (eps + s * g), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="must exceed"):
+        x0_guided_denoised(denoised, g, 1.0, 1.0, s)
+
+
+def test_rms_normalised_gradient_matches_the_noise_prediction_inside_the_region():
+    eps = torch.zeros(2, 4, 3, 3)
+    eps[0, :, 0, 0] = 2.0                        # batch 0: RMS over the region {(0,0), (0,1)} = sqrt(4 / 2) = sqrt(2)
+    eps[1] = 0.5                                 # batch 1: RMS 0.5 everywhere
+    grad = torch.zeros(2, 4, 3, 3)
+    grad[:, :, 0, 1] = 3.0                       # RMS over the region: sqrt(9 / 2)
+    grad[:, :, 2, 2] = 100.0                     # outside the region: scaled alike, not counted
+    region = torch.zeros(3, 3)
+    region[0, :2] = 1
+    out = rms_normalised_gradient(grad, eps, region)
+    torch.testing.assert_close(out[0], grad[0] * math.sqrt(2.0) / math.sqrt(4.5))
+    torch.testing.assert_close(out[1], grad[1] * 0.5 / math.sqrt(4.5))
+    rms_in = (out[:, :, 0, :2] ** 2).mean(dim=(1, 2)).sqrt()
+    torch.testing.assert_close(rms_in, torch.tensor([math.sqrt(2.0), 0.5]))
+    # no region, or an empty one: every cell
+    whole = rms_normalised_gradient(grad, eps)
+    torch.testing.assert_close(rms_normalised_gradient(grad, eps, torch.zeros(3, 3)), whole)
+    torch.testing.assert_close((whole ** 2).mean(dim=(1, 2, 3)), (eps ** 2).mean(dim=(1, 2, 3)))
+    # scale-free: the gradient's own magnitude does not matter
+    torch.testing.assert_close(rms_normalised_gradient(1000 * grad, eps, region), out)
