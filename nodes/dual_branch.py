@@ -165,8 +165,9 @@ def _inputs(include_sampler: bool) -> list:
                                "(default) s is dimensionless: the gradient is rescaled to the noise prediction's RMS over the "
                                "edit region, so s = 1 moves the x0 estimate as far as the whole noise prediction does, on any "
                                f"model, size or mask. Raw modes: DragonDiffusion's default is {DEFAULT_ENERGY_SCALE[ENERGY_X0]:g}."),
-        io.Float.Input("guidance_fraction", default=0.6, min=0.0, max=1.0, step=0.05,
-                       tooltip="The energy guides the first fraction of the steps (0.6 = 30 of 50, as DragonDiffusion)."),
+        io.Float.Input("guidance_fraction", default=0.8, min=0.0, max=1.0, step=0.05,
+                       tooltip="The energy guides the first fraction of the steps. 0.8 (default) measured on ShapeDrag-GT "
+                               "(drag MD 5.3 px against 8.6 at 0.6, seed 0); DragonDiffusion guides 30 of 50 (0.6)."),
         io.Boolean.Input("kv_replace", default=True,
                          tooltip="Cross-branch self-attention: the generation branch reads the guidance branch's keys and values."),
         io.Combo.Input("kv_layers", options=list(KV_LAYER_CHOICES), default="decoder", optional=True,

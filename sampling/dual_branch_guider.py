@@ -78,7 +78,7 @@ class DualBranchSettings:
     w_inpaint: float = 0.8
     feature_row: bool = True              # the energy reads a row of its own without KV injection (DragonDiffusion's
                                           # feature pass); False: the gen_pos row, KV and all (a measurement switch)
-    guidance_fraction: float = 0.6        # guide the first 60 % of the steps (30 of 50)
+    guidance_fraction: float = 0.8        # guide the first 80 % of the steps (ShapeDrag-GT; DragonDiffusion: 30 of 50)
     kv: bool = True
     kv_layers: str = "decoder"
     kv_mode: str = "replace"
