@@ -3,6 +3,8 @@
 Each entry: file name -> (nodes, notes). Node: {"id", "type", "pos", "widgets", "links"}.
 """
 
+import json
+
 SAMPLE = "dragfusion_data/dragbench-dev/animals/JH_2023-09-14-1820-16"
 
 PREVIEW_DRAG_POINTS = [
@@ -184,13 +186,21 @@ SPECS["pni_edit.json"] = (PNI_EDIT, [
     "last guidance_until steps, the low-noise end (here all 20). Sample with DisableNoise, ddim (or euler) and PNI "
     "Invert's own sigmas and z_T. With target = source it reconstructs the photo. Use an SD1.5-family checkpoint."])
 
-# Dual-branch (issue 8): PNI Invert the photo, then the Dual-Branch Guided Sampler edits it (drag / move / outpaint).
-def _dual_branch(task: str, widgets: dict, links: dict, prefix: str, side_by_side: bool = True) -> list:
+# Dual-branch (issue 8): PNI Invert the photo, then the Dual-Branch Guided Sampler edits it (every task of the node).
+REF = 10  # the reference tasks' second sample: node 10 (image 0, points 1, mask 2, prompt 3), inverted by node 13
+
+
+def _dual_branch(task: str, widgets: dict, links: dict, prefix: str, side_by_side: bool = True, sample: str = SAMPLE,
+                 reference: str | None = None, side_mask: tuple | None = (2, 2)) -> list:
+    """Nodes 1-9: checkpoint, ``sample`` (node 2), its PNI Invert (node 5), the Dual-Branch Guided Sampler (node 6),
+    VAE Decode, side-by-side (its mask panel from output ``side_mask``, default the sample's mask; None: none) and
+    SaveImage. With ``reference`` (a second sample folder): nodes 10-14 load it, PNI Invert it at the same size and
+    steps into the sampler's ``reference`` input, and preview it."""
     spec = [
         {"id": 1, "type": "CheckpointLoaderSimple", "pos": [50, 100],
          "widgets": {"ckpt_name": "dragfusion_tiny_sd15.safetensors"}},
         {"id": 2, "type": "DragFusionLoadDragBenchSample", "pos": [50, 300],
-         "widgets": {"sample": SAMPLE, "size": "fit 512 (multiple of 8)"}},
+         "widgets": {"sample": sample, "size": "fit 512 (multiple of 8)"}},
         {"id": 3, "type": "VAEEncode", "pos": [450, 300], "links": {"pixels": [2, 0], "vae": [1, 2]}},
         {"id": 4, "type": "CLIPTextEncode", "pos": [450, 450], "title": "source prompt (the sample's own)",
          "widgets": {"text": ""}, "links": {"clip": [1, 1], "text": [2, 3]}},
@@ -204,19 +214,35 @@ def _dual_branch(task: str, widgets: dict, links: dict, prefix: str, side_by_sid
     if side_by_side:
         spec += [{"id": 8, "type": "DragFusionSideBySide", "pos": [1950, 100],
                   "links": {"original": [2, 0], "result": [7, 0], **({"points": [2, 1]} if "points" in links else {}),
-                            "mask": [2, 2]}},
+                            **({"mask": list(side_mask)} if side_mask else {})}},
                  {"id": 9, "type": "SaveImage", "pos": [2300, 100], "widgets": {"filename_prefix": prefix},
                   "links": {"images": [8, 0]}}]
     else:
         spec += [{"id": 8, "type": "SaveImage", "pos": [1950, 100], "widgets": {"filename_prefix": prefix},
                   "links": {"images": [7, 0]}}]
+    if reference:
+        spec[5]["links"]["reference"] = [REF + 3, 0]
+        spec += [
+            {"id": REF, "type": "DragFusionLoadDragBenchSample", "pos": [50, 750], "title": "reference sample",
+             "widgets": {"sample": reference, "size": "fit 512 (multiple of 8)"}},
+            {"id": REF + 1, "type": "VAEEncode", "pos": [450, 750], "links": {"pixels": [REF, 0], "vae": [1, 2]}},
+            {"id": REF + 2, "type": "CLIPTextEncode", "pos": [450, 900],
+             "title": "reference prompt (the reference sample's own)",
+             "widgets": {"text": ""}, "links": {"clip": [1, 1], "text": [REF, 3]}},
+            {"id": REF + 3, "type": "DragFusionPNIInvert", "pos": [850, 600], "title": "PNI Invert (reference)",
+             "widgets": {"steps": 20, "guidance_until": 20},
+             "links": {"model": [1, 0], "latent": [REF + 1, 0], "source": [REF + 2, 0]}},
+            {"id": REF + 4, "type": "PreviewImage", "pos": [1950, 500], "title": "the reference",
+             "links": {"images": [REF, 0]}},
+        ]
     return spec
 
 
 DUAL_BRANCH_NOTE = (" PNI Invert (20 steps here, ddim_uniform; the paper uses 50) inverts the photo with its own prompt; "
                     "the Dual-Branch Guided Sampler runs the guidance branch (its reconstruction) and the generation "
                     "branch in one batch per step, with KV replacement and the energy of Eq. 6 (w_edit, w_share, "
-                    "alpha 1, beta 4) guiding the first 60 % of the steps. Use an SD1.5-family checkpoint.")
+                    "alpha 1, beta 4) guiding the early steps (the first guidance_fraction of them; the energy and KV settings "
+                    "are the node's defaults). Use an SD1.5-family checkpoint.")
 SPECS["dual_branch_drag.json"] = (_dual_branch("drag", {}, {"points": [2, 1], "mask": [2, 2]}, "dragfusion_dual_branch_drag"), [
     "VersaFusion dual-branch drag: the DragBench sample's handle -> target pairs and its editable region (mask)."
     + DUAL_BRANCH_NOTE + " The saved image shows original | arrows | mask | result."])
@@ -228,3 +254,99 @@ SPECS["dual_branch_outpaint.json"] = (_dual_branch("outpaint", {"pad_left": 64, 
                                                    {}, "dragfusion_dual_branch_outpaint", side_by_side=False), [
     "VersaFusion dual-branch outpaint: the canvas grows by the four pads (pixels, multiples of 8); the old canvas "
     "is preserved through the energy's shared term and KV replacement, the new area is drawn to match it." + DUAL_BRANCH_NOTE])
+
+
+# The other dual-branch tasks (issue 19.7): resize, appearance, paste, style, face landmarks. Drag100 samples (data/drag100,
+# Apache-2.0, 512x512 like the corgi, so image and reference load at the same size): cat_8 (a kitten, mask = its head),
+# nature_4 (a snowy field) and car_0 (a car, mask = the car), art_0 (a Van Gogh wheat field), face_0 (a man's face).
+APPEARANCE_REF = "dragfusion_data/drag100/cat_8"
+PASTE_IMAGE = "dragfusion_data/drag100/nature_4"
+PASTE_REF = "dragfusion_data/drag100/car_0"
+STYLE_REF = "dragfusion_data/drag100/art_0"
+FACE_SAMPLE = "dragfusion_data/drag100/face_0"
+
+# 68 landmarks on face_0 at 512x512, iBUG-68 order (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, outer lips 48-59,
+# inner lips 60-67). Not a detector's output: a 68-point template placed by hand on the photo's visible features (eye
+# corners and lids, brows, nose bridge, tip and nostrils, lip corners and outlines, the jaw from ear to chin along
+# the beard), checked on an overlay; good to a few pixels.
+FACE_SOURCE = [
+    [188, 185], [190, 210], [194, 235], [200, 260], [210, 283], [224, 303], [243, 320], [270, 332], [300, 337],
+    [322, 330], [336, 315], [345, 297], [350, 277], [353, 255], [355, 232], [356, 208], [357, 186],
+    [226, 164], [239, 157], [255, 154], [270, 154], [285, 157], [317, 155], [327, 152], [339, 152], [349, 155], [356, 162],
+    [302, 178], [306, 189], [310, 201], [315, 212], [290, 224], [299, 225], [310, 227], [319, 225], [327, 222],
+    [225, 183], [243, 174], [262, 171], [277, 180], [262, 187], [243, 186],
+    [320, 180], [329, 175], [343, 174], [352, 183], [345, 189], [330, 188],
+    [265, 266], [278, 259], [293, 254], [307, 254], [320, 254], [331, 256], [339, 262], [333, 270], [321, 276],
+    [306, 279], [292, 277], [278, 272],
+    [270, 266], [290, 265], [306, 266], [323, 264], [335, 262], [323, 266], [306, 268], [290, 268],
+]
+# The expression change: the mouth corners (outer 48 / 54, inner 60 / 64) 8 px up and 4 px out, the lip points next to
+# them half as far (a slight smile); every other landmark stays.
+SMILE = {48: (-4, -8), 60: (-4, -8), 54: (4, -8), 64: (4, -8),
+         49: (-2, -4), 59: (-2, -4), 61: (-2, -4), 67: (-2, -4), 53: (2, -4), 55: (2, -4), 63: (2, -4), 65: (2, -4)}
+FACE_TARGET = [[x + SMILE.get(i, (0, 0))[0], y + SMILE.get(i, (0, 0))[1]] for i, (x, y) in enumerate(FACE_SOURCE)]
+
+
+def landmarks_json(source: list, target: list, width: int = 512, height: int = 512) -> str:
+    """The Dual-Branch Guided Sampler's landmarks_json: image pixels, width / height those of the loaded image."""
+    row = lambda pts: ", ".join(f"[{x:g}, {y:g}]" for x, y in pts)  # noqa: E731
+    return f'{{"width": {width}, "height": {height},\n "source": [{row(source)}],\n "target": [{row(target)}]}}'
+
+
+def landmarks_at_fit(text: str, side: int) -> str:
+    """A landmarks_json for the same photo loaded at 'fit <side>' (Load DragBench Sample's sizes; the CI sweeps load
+    the examples' samples at 128 px): width / height and every point scaled as the loader scales the image."""
+    data = json.loads(text)
+    w, h = data["width"], data["height"]
+    s = side / max(w, h)
+    nw, nh = max(8, int(round(w * s / 8)) * 8), max(8, int(round(h * s / 8)) * 8)
+    fit = lambda pts: [[min(x * nw / w, nw - 1), min(y * nh / h, nh - 1)] for x, y in pts]  # noqa: E731
+    return json.dumps({"width": nw, "height": nh, "source": fit(data["source"]), "target": fit(data["target"])})
+
+
+REFERENCE_NOTE = (" The reference is a second photo with its own PNI Invert at the same size and steps (the sampler "
+                  "refuses another size or schedule); 'the reference' previews it.")
+SPECS["dual_branch_resize.json"] = (_dual_branch("move", {"offset_x": 0.0, "offset_y": 0.0, "scale": 1.3},
+                                                 {"mask": [2, 2]}, "dragfusion_dual_branch_resize"), [
+    "VersaFusion dual-branch resize (the node's task 'move' with a scale, 'move / resize' in its docs): the object "
+    "under the mask (here the corgi's head, the DragBench sample's editable mask) grows by scale 1.3 about its box "
+    "centre and stays in place (offset 0, 0); scale below 1 shrinks it, offset_x / offset_y move it as well. Your own "
+    "photo: load it with Drag Points (paint the object in Mask mode) or Load Image, connect the image to VAE Encode and "
+    "the object's MASK to 'mask', and type its prompt." + DUAL_BRANCH_NOTE
+    + " The saved image shows original | original | mask | result."])
+SPECS["dual_branch_appearance.json"] = (_dual_branch("appearance", {}, {"mask": [2, 2], "reference_mask": [REF, 2]},
+                                                     "dragfusion_dual_branch_appearance", reference=APPEARANCE_REF), [
+    "VersaFusion dual-branch appearance replacement (the node's task 'appearance'): the object under the image's mask "
+    "(the corgi's head) takes the look of the reference object under reference_mask (the kitten's head of Drag100 "
+    "cat_8, its mask); the object's shape and the rest of the photo stay. Your own photos: the image and its object "
+    "MASK in the top chain ('mask'), the reference photo and its object MASK in the 'reference sample' chain "
+    "('reference_mask'), e.g. two Drag Points nodes (Mask mode) or Load Image nodes; both photos at the same size."
+    + REFERENCE_NOTE + DUAL_BRANCH_NOTE + " The saved image shows original | original | mask | result."])
+SPECS["dual_branch_paste.json"] = (_dual_branch("paste", {"offset_x": -64.0, "offset_y": 40.0, "scale": 0.6},
+                                                {"reference_mask": [REF, 2]}, "dragfusion_dual_branch_paste",
+                                                sample=PASTE_IMAGE, reference=PASTE_REF, side_mask=(REF, 2)), [
+    "VersaFusion dual-branch paste (the node's task 'paste'): the reference object under reference_mask (the car of "
+    "Drag100 car_0, its mask) is placed into the image (the snowy field of Drag100 nature_4), scaled by 'scale' (0.6) "
+    "about its box centre and moved by offset_x, offset_y (-64, 40 pixels) from where it sits in the reference; the "
+    "rest of the image is kept. Your own photos: the image in the top chain, the photo with the object and the "
+    "object's MASK in the 'reference sample' chain ('reference_mask'), e.g. Drag Points (Mask mode) or Load Image; "
+    "both photos at the same size." + REFERENCE_NOTE + DUAL_BRANCH_NOTE
+    + " The saved image shows original | original | the reference object's mask (where it sits in the reference) | result."])
+SPECS["dual_branch_style.json"] = (_dual_branch("style", {}, {}, "dragfusion_dual_branch_style", reference=STYLE_REF,
+                                                side_mask=None), [
+    "VersaFusion dual-branch style transfer (the node's task 'style'): the image (the corgi) takes the style of the "
+    "whole reference image (Drag100 art_0, a Van Gogh wheat field: its feature statistics), while its layout stays "
+    "its own; w_edit (style) and w_share (layout) trade the two. No masks. Your own photos: the photo in the top "
+    "chain, the style image in the 'reference sample' chain (Load Image or Drag Points), both at the same size."
+    + REFERENCE_NOTE + DUAL_BRANCH_NOTE + " The saved image shows original | original | (no mask) | result."])
+SPECS["dual_branch_face.json"] = (_dual_branch("landmarks", {"landmarks_json": landmarks_json(FACE_SOURCE, FACE_TARGET)},
+                                               {}, "dragfusion_dual_branch_face", sample=FACE_SAMPLE, side_mask=None), [
+    "VersaFusion dual-branch face editing (the node's task 'landmarks'): landmarks_json holds 68 face landmarks (the "
+    "iBUG 68-point layout) twice, source and target; each landmark that moves is dragged from its source to its "
+    "target, the face area around them may change, the rest of the photo is kept. Here the mouth corners go 8 px up "
+    "and 4 px out, their neighbours half as far (a slight smile), on Drag100 face_0. The source points are not "
+    "detected: they are a 68-point template fitted by hand to this photo at 512x512, good to a few pixels. With a "
+    "face-landmark detector node, feed real ones: landmarks_json is {\"width\": W, \"height\": H, \"source\": "
+    "[[x, y] x 68], \"target\": [[x, y] x 68]} in pixels of the loaded image (W x H must be its size), or leave it "
+    "empty and connect 68 handle -> target pairs (Drag Points) to 'points'. Your own photo needs its own landmarks."
+    + DUAL_BRANCH_NOTE + " The saved image shows original | original | (no mask) | result."])

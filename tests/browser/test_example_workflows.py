@@ -4,11 +4,15 @@ and runs when queued from the page (app.queuePrompt), with its result in /histor
 import glob
 import json
 import os
+import sys
 
 import pytest
 
 from conftest import HOST_CLASSIC, NEW_VUE, get_page, save_screenshot
 import harness
+
+sys.path.insert(0, os.path.join(harness.REPO, "scripts"))
+from workflow_specs import landmarks_at_fit  # noqa: E402
 
 WORKFLOWS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(harness.REPO, "example_workflows", "*.json")))
 FIRST_RUN = {}  # workflow -> (frontend label, API prompt, outputs) of its first run
@@ -38,6 +42,10 @@ def cheap(workflow: dict) -> dict:
             values[1] = "fit 128 (multiple of 8)"
         if node["type"] == "DragFusionPNIInvert" and isinstance(values[0], int):
             values[0] = min(values[0], 6)  # steps: the PNI / dual-branch schedules
+        if node["type"] == "DragFusionDualBranchGuidedSampler":
+            for i, v in enumerate(values):
+                if isinstance(v, str) and '"source"' in v:
+                    values[i] = landmarks_at_fit(v, 128)  # landmarks_json: the face at 128 px, as its sample
     return workflow
 
 

@@ -13,6 +13,7 @@ import harness
 
 sys.path.insert(0, os.path.join(harness.REPO, "scripts"))
 import workflows  # noqa: E402
+from workflow_specs import landmarks_at_fit  # noqa: E402
 
 WORKFLOWS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(workflows.WORKFLOW_DIR, "*.json")))
 SAMPLE = "dragfusion_data/dragbench-dev/animals/JH_2023-09-14-1820-16"
@@ -74,6 +75,8 @@ def cheap(prompt: dict) -> dict:
         for k in ("seed", "noise_seed"):
             if isinstance(ins.get(k), int):
                 ins[k] = seed
+        if isinstance(ins.get("landmarks_json"), str) and ins["landmarks_json"].strip():
+            ins["landmarks_json"] = landmarks_at_fit(ins["landmarks_json"], 128)  # the face at 128 px, as its sample
     return prompt
 
 

@@ -46,7 +46,8 @@ def test_every_named_sample_is_bundled():
 
 @pytest.mark.parametrize("name", ["dragbench-dev/animals/JH_2023-09-14-1820-16",
                                   "dragbench-dev/building_countryside_view/YAN_2023-09-16-1536-24",
-                                  "drag100/art_0"])
+                                  "drag100/art_0", "drag100/cat_8", "drag100/car_0", "drag100/nature_4",
+                                  "drag100/face_0"])
 def test_samples_are_complete(name):
     folder = os.path.join(DATA, name)
     instr = "drag_instruction.json" if name.startswith("dragbench") else "points.json"
