@@ -72,7 +72,9 @@ def dual(model, src, inversion, args, energy_scale):
         extra.update(mask=m, offset_x=float(max(8, s // 8 // 8 * 8)))
     elif args.task == "outpaint":
         extra["pad"] = (0, max(8, s // 8 // 8 * 8), 0, 0)
-    settings = mod.DualBranchSettings(guidance_fraction=args.fraction)   # the node's defaults otherwise
+    settings = mod.DualBranchSettings()                                  # the node's defaults
+    if args.fraction is not None:
+        settings = dataclasses.replace(settings, guidance_fraction=args.fraction)
     if energy_scale is not None:
         settings = dataclasses.replace(settings, energy_scale=energy_scale)
     g = mod.build_guider(mod.SAMPLER_NODE, model, inversion, src, args.task, settings, **extra)
@@ -90,7 +92,8 @@ def main():
     ap.add_argument("--cfg", type=float, default=5.0)
     ap.add_argument("--sampler", default="euler")
     ap.add_argument("--task", default="drag", choices=("drag", "move", "outpaint"))
-    ap.add_argument("--fraction", type=float, default=0.6, help="guided fraction of the steps (paper: 30 of 50)")
+    ap.add_argument("--fraction", type=float, default=None,
+                    help="guided fraction of the steps (default: the node's, 0.8; DragonDiffusion: 30 of 50)")
     ap.add_argument("--prompt", default="a photo of a dog")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
@@ -103,7 +106,8 @@ def main():
     import comfy.model_management
     device = str(comfy.model_management.get_torch_device())
     print(f"device {device}, torch threads {torch.get_num_threads()}, {args.ckpt}, {args.size}x{args.size}, "
-          f"{args.steps} steps, sampler {args.sampler}, cfg {args.cfg}, task {args.task}, guided fraction {args.fraction}")
+          f"{args.steps} steps, sampler {args.sampler}, cfg {args.cfg}, task {args.task}, guided fraction "
+          f"{args.fraction if args.fraction is not None else 'the node default'}")
     fns = {"plain": lambda: plain(model, src, z_T, sigmas, args),
            "dual": lambda: dual(model, src, inversion, args, None),
            "dual0": lambda: dual(model, src, inversion, args, 0.0)}

@@ -52,15 +52,11 @@ def parse_extra(words: list) -> dict:
 class Sweep(task_eval.TaskEvaluator):
     def dual(self, s: tasks.TaskSample, mode: str, scale: float, extra: dict | None = None) -> np.ndarray:
         pos, _ = self.cond(scenes.PROMPT)
-        ins = s.instruction
-        inv = self.pni_invert(s.source, pos)[0]
-        mask = task_eval._t(ins["mask"].astype(np.float32))[0][None]
-        kw = dict(task=s.task if s.task != "resize" else "move")
-        if s.task in task_eval.DRAG_TASKS:
-            kw.update(points=self.points(s), mask=mask)
-        else:
-            kw.update(mask=mask, offset_x=float(ins["offset"][0]), offset_y=float(ins["offset"][1]),
-                      scale=float(ins["scale"]))
+        mask = task_eval._t(s.instruction["mask"].astype(np.float32))[0][None] if "mask" in s.instruction else None
+        pts = self.points(s) if "points" in s.instruction else None
+        inv, kw = self.dual_inputs(s, pos, pts, mask)
+        if "pad_left" in kw:
+            kw["pad"] = tuple(kw.pop(k) for k in ("pad_left", "pad_right", "pad_top", "pad_bottom"))
         extra = dict(extra or {})
         mod = sys.modules[self.nodes.NODE_CLASS_MAPPINGS["DragFusionDualBranchGuidedSampler"].__module__]
         direct = {k: extra.pop(k) for k in list(extra) if k not in mod.SETTINGS + tuple(mod.KV_SETTINGS)}

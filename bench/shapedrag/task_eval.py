@@ -221,11 +221,14 @@ class TaskEvaluator(evaluate.Evaluator):
             moves.append((ins["mask"], (d[:, 0].mean() / 8, d[:, 1].mean() / 8, 1.0)))
         return self.regen(self.model, evaluate.latent_copy(z, moves), pos, neg), True
 
-    def _dual(self, s, pos, pts, mask) -> np.ndarray:
+    def dual_inputs(self, s, pos, pts, mask) -> tuple:
+        """(INVERSION of the source, the Dual-Branch Guided Sampler's task inputs) for a sample."""
         t, ins = s.task, s.instruction
         inv = self.pni_invert(s.source, pos)[0]
         kw = dict(task="move" if t == "resize" else t)
-        if t in ("move", "resize"):
+        if t in DRAG_TASKS:
+            kw.update(points=pts, mask=mask)
+        elif t in ("move", "resize"):
             kw.update(mask=mask, offset_x=float(ins["offset"][0]), offset_y=float(ins["offset"][1]),
                       scale=float(ins["scale"]))
         elif t in ("paste", "appearance", "style"):
@@ -241,6 +244,10 @@ class TaskEvaluator(evaluate.Evaluator):
             kw.update(pad_left=left, pad_right=right, pad_top=top, pad_bottom=bottom)
         elif t == "landmarks":
             kw.update(landmarks_json=tasks.landmarks_json(s))
+        return inv, kw
+
+    def _dual(self, s, pos, pts, mask) -> np.ndarray:
+        inv, kw = self.dual_inputs(s, pos, pts, mask)
         out = harness.run_node("DragFusionDualBranchGuidedSampler", model=self.model, inversion=inv, target=pos,
                                sampler_name="euler", **kw).result[0]          # the node's defaults otherwise
         return self.decode(out)

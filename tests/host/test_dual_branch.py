@@ -233,6 +233,15 @@ def test_image_prompt_tokens_reach_the_generation_branch(kit):
     assert torch.isfinite(with_ip).all() and (with_ip - without).abs().max() > 1e-4
     with pytest.raises(ValueError, match="input 'reference_image_prompt': give the source image's image_prompt too"):
         run(kit, reference_image_prompt=make(2), **common)
+    # image_prompt_strength is the gamma every decoupled cross-attention of the guider's model uses (the
+    # IMAGE_PROMPT's own gamma, 1.0 here, is replaced), default 0.1 as DragonDiffusion / DiffEditor
+    mod = host_module(harness.load_host())
+    for strength in (None, 0.07):
+        s = mod.DualBranchSettings() if strength is None else mod.DualBranchSettings(gamma=strength)
+        gd = guider_impl(kit, "paste", settings=s, image_prompt=make(1), **{k: v for k, v in common.items() if k != "task"})
+        patches = gd.model_patcher.model_options["transformer_options"]["patches_replace"]["attn2"].values()
+        gammas = {round(p.gamma, 6) for p in patches if type(p).__name__ == "ImagePromptAttn2"}
+        assert gammas == {0.1 if strength is None else strength}, gammas
 
 
 def test_kv_replace_patch_against_naive_attention(host):
