@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -28,7 +27,7 @@ for p in (os.path.join(REPO, "tests"), os.path.join(REPO, "bench"), os.path.join
         sys.path.insert(0, p)
 
 import harness  # noqa: E402
-from shapedrag import evaluate, scenes, task_eval, task_metrics, tasks  # noqa: E402
+from shapedrag import evaluate, scenes, sweeps, task_eval, task_metrics, tasks  # noqa: E402
 
 # the paper's settings (AttentionDrag Sec. 4.1 / Eq. 6, 12) as the nodes expose them
 PAPER = dict(layers="latent resolution", kv_layers="same as layers", automask="alone", reference="handle", tau=2.0,
@@ -82,44 +81,24 @@ def main(argv=None):
     ap.add_argument("--ckpt", default=evaluate.CKPT)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    import torch
     evaluate.ensure_checkpoint()
     ev = Sweep(ckpt=a.ckpt)
-    names = [v.strip() for v in a.variants.split(";") if v.strip()]
-    task_list = [t.strip() for t in a.tasks.split(",") if t.strip()]
-    rows = {t: {v: [] for v in names} for t in task_list}
-    t0 = time.time()
-    for t in task_list:
-        for i in range(a.n):
-            s = tasks.make_task(t, a.seed, i)
-            for name in names:
-                v = {**PAPER, **VARIANTS[name]}
-                t1 = time.perf_counter()
-                failed = 0.0
-                try:
-                    with torch.inference_mode():
-                        img = ev.edit(s, v)
-                except ValueError as e:          # e.g. an empty automatic mask: the user gets an error, no edit
-                    if "is empty" not in str(e):
-                        raise
-                    img, failed = s.source, 1.0
-                r = task_metrics.task_score(img, s, time.perf_counter() - t1)
-                r["failed"] = failed
-                rows[t][name].append(r)
-            print(f"[sweep {time.time() - t0:5.0f} s] {t} {i + 1}/{a.n}", flush=True)
+    names, task_list = sweeps.split(a.variants, ";"), sweeps.split(a.tasks, ",")
+
+    def edit(s, name):
+        try:
+            return ev.edit(s, {**PAPER, **VARIANTS[name]}), {"failed": 0.0}
+        except ValueError as e:          # e.g. an empty automatic mask: the user gets an error, no edit
+            if "is empty" not in str(e):
+                raise
+            return s.source, {"failed": 1.0}
+
+    rows = sweeps.run_variants(task_list, a.n, a.seed, names, edit)
     summary = {t: {v: {**task_metrics.summarize(r), "failed": float(np.mean([x["failed"] for x in r]))}
                    for v, r in vs.items()} for t, vs in rows.items()}
     print(f"\nAttentionDrag variants on ShapeDrag-GT (n = {a.n} per task, seed {a.seed}; paper = {PAPER})\n")
-    metrics = ("md", "iou", "psnr_in", "psnr_out", "lost", "duplicated", "failed")
-    for t in task_list:
-        key, higher = task_metrics.DEFINING[t]
-        print(f"### {t} (defining: {key}, {'higher' if higher else 'lower'} is better)\n")
-        print("| variant | " + " | ".join(metrics) + " |")
-        print("|---|" + "---|" * len(metrics))
-        order = sorted(names, key=lambda v: (-1 if higher else 1) * summary[t][v].get(key, float("nan")))
-        for v in order:
-            print(f"| {v} | " + " | ".join(task_eval._fmt(summary[t][v].get(k), k) for k in metrics) + " |")
-        print()
+    sweeps.print_tables(summary, task_list, names, ("md", "iou", "psnr_in", "psnr_out", "lost", "duplicated", "failed"),
+                        best_first=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(n=a.n, seed=a.seed, paper=PAPER, variants={k: VARIANTS[k] for k in names}, summary=summary),

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -27,7 +26,7 @@ for p in (os.path.join(REPO, "tests"), os.path.join(REPO, "bench"), os.path.join
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from shapedrag import evaluate, scenes, task_eval, task_metrics, tasks  # noqa: E402
+from shapedrag import evaluate, scenes, sweeps, task_eval, task_metrics, tasks  # noqa: E402
 
 MODES = {"eq7": "raw, both terms (Eq. 7 as printed)", "x0": "raw, x0 only (DragonDiffusion)",
          "norm": "normalised, x0 only"}
@@ -76,34 +75,18 @@ def main(argv=None):
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="'<mode> <scale>' separated by ;")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    import torch
     evaluate.ensure_checkpoint()
     ev = Sweep(ckpt=evaluate.CKPT)
-    names = [v.strip() for v in a.variants.split(";") if v.strip()]
-    task_list = [t.strip() for t in a.tasks.split(",") if t.strip()]
-    rows = {t: {v: [] for v in names} for t in task_list}
-    t0 = time.time()
-    for t in task_list:
-        for i in range(a.n):
-            s = tasks.make_task(t, a.seed, i)
-            for name in names:
-                mode, scale, *rest = name.split()
-                t1 = time.perf_counter()
-                with torch.inference_mode():
-                    img = ev.dual(s, mode, float(scale), parse_extra(rest))
-                rows[t][name].append(task_metrics.task_score(img, s, time.perf_counter() - t1))
-            print(f"[sweep {time.time() - t0:5.0f} s] {t} {i + 1}/{a.n}", flush=True)
+    names, task_list = sweeps.split(a.variants, ";"), sweeps.split(a.tasks, ",")
+
+    def edit(s, name):
+        mode, scale, *rest = name.split()
+        return ev.dual(s, mode, float(scale), parse_extra(rest)), {}
+
+    rows = sweeps.run_variants(task_list, a.n, a.seed, names, edit)
     summary = {t: {v: task_metrics.summarize(r) for v, r in vs.items()} for t, vs in rows.items()}
     print(f"\nDual-branch energy on ShapeDrag-GT (n = {a.n} per task, seed {a.seed}; 20 steps, euler)\n")
-    metrics = ("md", "iou", "psnr_in", "psnr_out", "lost", "duplicated", "seconds")
-    for t in task_list:
-        key, higher = task_metrics.DEFINING[t]
-        print(f"### {t} (defining: {key}, {'higher' if higher else 'lower'} is better)\n")
-        print("| variant | " + " | ".join(metrics) + " |")
-        print("|---|" + "---|" * len(metrics))
-        for v in names:
-            print(f"| {v} | " + " | ".join(task_eval._fmt(summary[t][v].get(k), k) for k in metrics) + " |")
-        print()
+    sweeps.print_tables(summary, task_list, names, ("md", "iou", "psnr_in", "psnr_out", "lost", "duplicated", "seconds"))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(n=a.n, seed=a.seed, summary=summary), f, indent=1, default=float)
