@@ -26,7 +26,7 @@ ComfyUI's KSamplerAdvanced from the edit step (euler = the DDIM step, add_noise 
                   instead of the paper's Eq. 6 fraction A[cell] / A[handle] of it
   dual            VersaFusion's dual-branch drag: PNI Invert (`--dual-steps` DDIM steps of ddim_uniform, the
                   prompt as source and target) + Dual-Branch Guided Sampler (task drag, the sample's points
-                  and mask, the node's defaults: w_edit 4, w_share 6, energy 40 (`--dual-energy`), 60 % guided, KV replace)
+                  and mask, the node's defaults; `--dual-energy` sets energy_scale)
 
 Scoring: bench/shapedrag/score.py (MD from the dragged object's colour segmentation; PSNR/SSIM
 outside the edited region). Writes every result PNG and results.json under --out.
@@ -107,7 +107,7 @@ def write_samples(n: int, seed: int, size: int = 128) -> list[str]:
 class Evaluator:
     def __init__(self, ckpt: str = CKPT, steps: int = 10, edit_step: int = 5, scheduler: str = "simple",
                  tau: float = 2.0, reference: str = "mean", dual_steps: int = 20, layers: str = "latent resolution",
-                 dual_energy: float = 40.0):
+                 dual_energy: float | None = None):
         self.nodes = harness.load_host()
         self.steps, self.edit_step, self.scheduler = steps, edit_step, scheduler
         self.dual_steps, self.layers, self.dual_energy = dual_steps, layers, dual_energy
@@ -135,9 +135,9 @@ class Evaluator:
         inversion = run("DragFusionPNIInvert", model=self.model, latent=latent, source=pos, steps=self.dual_steps,
                         cfg=1.0, lam=0.02, prox="L1", eta=0.1, guidance_until=self.dual_steps,
                         scheduler="ddim_uniform").result[0]
+        energy = {} if self.dual_energy is None else {"energy_scale": self.dual_energy}
         out = run("DragFusionDualBranchGuidedSampler", model=self.model, inversion=inversion, target=pos, task="drag",
-                  sampler_name="euler", w_edit=4.0, w_share=6.0, energy_scale=self.dual_energy, guidance_fraction=0.6,
-                  kv_replace=True, points=points, mask=mask).result[0]
+                  sampler_name="euler", points=points, mask=mask, **energy).result[0]   # the node's defaults otherwise
         return core(self.nodes, "VAEDecode", samples=out, vae=self.vae)[0]
 
     def run_sample(self, sample: str, methods) -> dict:
@@ -322,7 +322,8 @@ def main(argv=None):
     ap.add_argument("--tau", type=float, default=2.0)
     ap.add_argument("--reference", default="mean", choices=["handle", "mean"])
     ap.add_argument("--layers", default="latent resolution", help="the capture's layer preset")
-    ap.add_argument("--dual-energy", type=float, default=40.0, help="energy_scale of the dual-branch drag (node default 40)")
+    ap.add_argument("--dual-energy", type=float, default=None,
+                    help="energy_scale of the dual-branch drag (default: the node's, 0.25 normalised)")
     ap.add_argument("--dual-steps", type=int, default=20, help="DDIM steps of the dual-branch drag (PNI + sampler)")
     ap.add_argument("--out", default=os.path.join(REPO, "out", "shapedrag"))
     a = ap.parse_args(argv)
