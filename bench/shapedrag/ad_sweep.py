@@ -13,7 +13,6 @@ KV settings of a variant.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ for p in (os.path.join(REPO, "tests"), os.path.join(REPO, "bench"), os.path.join
         sys.path.insert(0, p)
 
 import harness  # noqa: E402
-from shapedrag import evaluate, scenes, sweeps, task_eval, task_metrics, tasks  # noqa: E402
+from shapedrag import scenes, sweeps, task_eval, task_metrics, tasks  # noqa: E402
 
 # the paper's settings (AttentionDrag Sec. 4.1 / Eq. 6, 12) as the nodes expose them
 PAPER = dict(layers="latent resolution", kv_layers="same as layers", automask="alone", reference="handle", tau=2.0,
@@ -73,17 +72,9 @@ class Sweep(task_eval.TaskEvaluator):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tasks", default="drag,drag_multi,drag_two,inpaint")
-    ap.add_argument("--variants", default=";".join(VARIANTS), help="variant names separated by ;")
-    ap.add_argument("--ckpt", default=evaluate.CKPT)
-    ap.add_argument("--json", default=None)
-    a = ap.parse_args(argv)
-    evaluate.ensure_checkpoint()
+    a, names, task_list = sweeps.parse_args(__doc__, "drag,drag_multi,drag_two,inpaint", ";".join(VARIANTS),
+                                            "variant names separated by ;", argv)
     ev = Sweep(ckpt=a.ckpt)
-    names, task_list = sweeps.split(a.variants, ";"), sweeps.split(a.tasks, ",")
 
     def edit(s, name):
         try:

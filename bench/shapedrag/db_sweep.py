@@ -13,7 +13,6 @@ then optional node inputs as key=value (on / off for switches), e.g. 'norm 0.25 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ for p in (os.path.join(REPO, "tests"), os.path.join(REPO, "bench"), os.path.join
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from shapedrag import evaluate, scenes, sweeps, task_eval, task_metrics, tasks  # noqa: E402
+from shapedrag import scenes, sweeps, task_eval, task_metrics, tasks  # noqa: E402
 
 MODES = {"eq7": "raw, both terms (Eq. 7 as printed)", "x0": "raw, x0 only (DragonDiffusion)",
          "norm": "normalised, x0 only"}
@@ -68,16 +67,9 @@ class Sweep(task_eval.TaskEvaluator):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tasks", default="drag,move")
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="'<mode> <scale>' separated by ;")
-    ap.add_argument("--json", default=None)
-    a = ap.parse_args(argv)
-    evaluate.ensure_checkpoint()
-    ev = Sweep(ckpt=evaluate.CKPT)
-    names, task_list = sweeps.split(a.variants, ";"), sweeps.split(a.tasks, ",")
+    a, names, task_list = sweeps.parse_args(__doc__, "drag,move", DEFAULT_VARIANTS,
+                                            "'<mode> <scale> [key=value ...]' separated by ;", argv)
+    ev = Sweep(ckpt=a.ckpt)
 
     def edit(s, name):
         mode, scale, *rest = name.split()

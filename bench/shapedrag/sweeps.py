@@ -7,6 +7,24 @@ import time
 from shapedrag import task_eval, task_metrics, tasks
 
 
+def parse_args(doc: str, tasks_default: str, variants_default: str, variants_help: str, argv=None):
+    """The sweeps' command line: --n, --seed, --tasks, --variants, --ckpt, --json. Returns (args, variant
+    names, task list) after making sure the ShapeDrag checkpoint is in the host."""
+    import argparse
+
+    from shapedrag import evaluate
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--n", type=int, default=4, help="samples per task")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tasks", default=tasks_default)
+    ap.add_argument("--variants", default=variants_default, help=variants_help)
+    ap.add_argument("--ckpt", default=evaluate.CKPT)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    evaluate.ensure_checkpoint()
+    return a, split(a.variants, ";"), split(a.tasks, ",")
+
+
 def split(text: str, sep: str) -> list:
     """'a; b;' -> ['a', 'b']."""
     return [v.strip() for v in text.split(sep) if v.strip()]
