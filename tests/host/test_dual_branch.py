@@ -334,3 +334,30 @@ def test_node_defaults_are_the_settings_defaults(host):
             assert specs[name][1]["default"] == fields[field], (node_id, name)
             checked += 1
         assert checked >= 14
+
+
+def test_one_generation_row_when_target_equals_source(kit):
+    """Target = source prompt and no image prompt: the generation branch's negative and positive rows would be
+    the same row computed twice, so the batch holds it once (3 rows -> 2 on an unguided step); the edit is the
+    same as with both rows (the two-row path forced)."""
+    mod = host_module(harness.load_host())
+    s = mod.DualBranchSettings(energy_scale=0.0)              # unguided steps only: the rows, nothing else
+    same = guider_impl(kit, "drag", settings=s, points=drag_points())
+    other = guider_impl(kit, "drag", settings=s, points=drag_points(), target=kit["tar"])
+    assert same.one_gen_row and not other.one_gen_row
+    seen = []
+    batch = same._run_batch
+
+    def spy(parts, *a, **kw):
+        seen.append(tuple(label for label, _, _ in parts))
+        return batch(parts, *a, **kw)
+
+    same._run_batch = spy
+    run_guider = mod.run_guider
+    with torch.inference_mode():
+        one = run_guider(same, "euler")["samples"]
+        both_guider = guider_impl(kit, "drag", settings=s, points=drag_points())
+        both_guider.one_gen_row = False
+        both = run_guider(both_guider, "euler")["samples"]
+    assert seen and all(labels == ("gud", "gen_pos") for labels in seen), seen
+    torch.testing.assert_close(one, both, atol=1e-4, rtol=1e-4)
