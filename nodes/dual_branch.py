@@ -232,23 +232,20 @@ def _inputs(include_sampler: bool) -> list:
     return ins
 
 
-SETTINGS = ("w_edit", "w_share", "energy_scale", "guidance_fraction", "energy_mode", "region_split", "w_contrast",
-            "w_inpaint", "sparse_guidance", "image_prompt_strength", "seed")
-KV_SETTINGS = {"kv_replace": "kv", "kv_layers": "kv_layers", "kv_mode": "kv_mode", "kv_fraction": "kv_fraction"}
+# node input -> DualBranchSettings field, for every setting input
+SETTING_FIELDS = {name: name for name in ("w_edit", "w_share", "energy_scale", "guidance_fraction", "energy_mode",
+                                          "region_split", "w_contrast", "w_inpaint", "sparse_guidance", "seed",
+                                          "kv_layers", "kv_mode", "kv_fraction")}
+SETTING_FIELDS.update(image_prompt_strength="gamma", kv_replace="kv")
 TASK_INPUTS = ("points", "mask", "offset_x", "offset_y", "scale", "reference", "reference_mask", "landmarks_json",
                "point_radius", "image_prompt", "reference_image_prompt")
 
 
 def _settings(kw: dict) -> DualBranchSettings:
-    """The node's setting inputs -> DualBranchSettings (inputs left out keep the settings' defaults)."""
-    fields = {}
-    for name in SETTINGS:
-        if name in kw:
-            fields["gamma" if name == "image_prompt_strength" else name] = kw[name]
-    fields.update({field: kw[name] for name, field in KV_SETTINGS.items() if name in kw})
-    kinds = {f.name: f.type for f in dataclasses.fields(DualBranchSettings)}
-    cast = {"float": float, "bool": bool, "int": int, "str": str}
-    return DualBranchSettings(**{k: cast.get(kinds[k], lambda v: v)(v) for k, v in fields.items()})
+    """The node's setting inputs -> DualBranchSettings (inputs left out keep the settings' defaults), each value
+    of its field's type (a widget may send 1 for 1.0)."""
+    kind = {f.name: type(f.default) for f in dataclasses.fields(DualBranchSettings)}
+    return DualBranchSettings(**{field: kind[field](kw[name]) for name, field in SETTING_FIELDS.items() if name in kw})
 
 
 def _guider_from_inputs(node: str, model, inversion, target, task, kw: dict) -> DualBranchGuiderImpl:

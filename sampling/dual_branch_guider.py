@@ -175,7 +175,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
         self.one_gen_row = image_prompt is None and same_conditioning(target, inversion.source_cond)
         g = geometry    # on the CPU here: which masks have cells, known once instead of read back every guided step
         self.nonempty = {name: getattr(g, name) is not None and bool(getattr(g, name).sum() > 0)
-                         for name in ("m_gen", "m_share", "m_vacate")}
+                         for name in ("m_gen", "m_share", "m_vacate", "edit_region")}
         self.trajectory = self._padded_trajectory()
         self.energy_log: list = []
 
@@ -438,8 +438,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
         d_pos = outs["gen_pos"]
         d_neg = d_pos if self.one_gen_row else outs["gen_neg"]
         denoised = self.pni_gen.denoised(x, timestep, d_neg, d_pos)
-        if (self.settings.protect_edit_region and self.inversion.eta > 0
-                and float(self.geometry.edit_region.sum()) > 0):
+        if self.settings.protect_edit_region and self.inversion.eta > 0 and self.nonempty["edit_region"]:
             plain, _ = pni_guided_denoised(x, timestep, None, d_neg, d_pos, self.inversion.cfg, self.inversion.lam,
                                            self.inversion.prox, quantile=getattr(self.inversion, "lam_quantile", None))
             keep = (1.0 - self._geometry_on(x.device).edit_region).to(x.dtype)[None, None]
@@ -453,7 +452,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
         s = self.settings
         grad_z = grad.to(x.dtype) * math.sqrt(1.0 + sigma * sigma)
         if s.energy_mode == ENERGY_EQ7:            # eps~ = eps + s * grad_z in both terms: denoised = x - sigma * eps~
-            return denoised - sigma * s.energy_scale * grad_z
+            return denoised - sigma * self.energy_scale * grad_z
         if s.energy_mode == ENERGY_NORMALISED:
             eps = (x - denoised) / sigma
             grad_z = rms_normalised_gradient(grad_z, eps, self._geometry_on(x.device).edit_region)

@@ -57,7 +57,7 @@ class Sweep(task_eval.TaskEvaluator):
             kw["pad"] = tuple(kw.pop(k) for k in ("pad_left", "pad_right", "pad_top", "pad_bottom"))
         extra = dict(extra or {})
         mod = sys.modules[self.nodes.NODE_CLASS_MAPPINGS["DragFusionDualBranchGuidedSampler"].__module__]
-        direct = {k: extra.pop(k) for k in list(extra) if k not in mod.SETTINGS + tuple(mod.KV_SETTINGS)}
+        direct = {k: extra.pop(k) for k in list(extra) if k not in mod.SETTING_FIELDS}
         settings = mod._settings(dict(energy_scale=scale, energy_mode=MODES[mode], **extra))
         if direct:
             import dataclasses

@@ -329,8 +329,7 @@ def test_node_defaults_are_the_settings_defaults(host):
         info = host.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()
         specs = {**info["required"], **info.get("optional", {})}
         checked = 0
-        for name in mod.SETTINGS + tuple(mod.KV_SETTINGS):
-            field = "gamma" if name == "image_prompt_strength" else mod.KV_SETTINGS.get(name, name)
+        for name, field in mod.SETTING_FIELDS.items():
             assert specs[name][1]["default"] == fields[field], (node_id, name)
             checked += 1
         assert checked >= 14
