@@ -106,6 +106,16 @@ def timed(fn, repeat: int = 1, warmup: bool = True):
     return times[len(times) // 2], mem, result
 
 
+def interleaved(fns, repeat: int, warmup: int = 1) -> list:
+    """Rounds of [(seconds, PeakMemory)], one per function of ``fns``, the functions timed back to back in each
+    round (after ``warmup`` untimed runs of each), so that a load that comes and goes on a shared machine hits
+    them alike: compare them by per-round ratios."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    return [[timed(fn, repeat=1, warmup=False)[:2] for fn in fns] for _ in range(repeat)]
+
+
 def row(id: str, what: str, value: float, goal: float, unit: str = "x", seconds: float | None = None,
         mem: PeakMemory | None = None, note: str = "") -> dict:
     """One line of the table: value <= goal passes."""

@@ -23,6 +23,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 import harness  # noqa: E402
+from _common import interleaved  # noqa: E402
 
 harness.import_pack()
 
@@ -44,22 +45,6 @@ def ten_pairs(points):
         x, y = w * (0.2 + 0.3 * (i % 3)), h * (0.2 + 0.3 * (i // 3))
         pairs.append(((x, y), (x + 24 * (-1) ** i, y + 16)))
     return DragPoints(w, h, tuple(pairs)).validate()
-
-
-def interleaved(fns, repeat, warmup=1):
-    """Seconds of each of ``fns`` per round, the functions run one after another in every round."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    rounds = []
-    for _ in range(repeat):
-        row = []
-        for fn in fns:
-            t0 = time.perf_counter()
-            fn()
-            row.append(time.perf_counter() - t0)
-        rounds.append(row)
-    return rounds
 
 
 def main():
@@ -114,7 +99,8 @@ def main():
     mm.load_models_gpu([model])
     with torch.inference_mode():
         r1, r10 = [], []
-        rounds = interleaved([plain, lambda: edit(points, r1), lambda: edit(many, r10)], a.repeat, a.warmup)
+        rounds = [[t for t, _ in r] for r in interleaved([plain, lambda: edit(points, r1), lambda: edit(many, r10)],
+                                                          a.repeat, a.warmup)]
     all_plain, all_one, all_ten = ([r[i] for r in rounds] for i in range(3))
     t_plain, t_one, t_ten = (statistics.median(x) for x in (all_plain, all_one, all_ten))
 

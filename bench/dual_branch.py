@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from _common import print_table, row, timed, write_results  # noqa: E402
+from _common import interleaved, print_table, row, write_results  # noqa: E402
 
 SAMPLE = "dragbench-dev/animals/JH_2023-09-14-1820-16"
 
@@ -111,14 +111,9 @@ def main():
     fns = {"plain": lambda: plain(model, src, z_T, sigmas, args),
            "dual": lambda: dual(model, src, inversion, args, None),
            "dual0": lambda: dual(model, src, inversion, args, 0.0)}
-    res = {k: [] for k in fns}
     with torch.inference_mode():
-        for k, fn in fns.items():   # warm-up
-            fn()
-        for _ in range(args.repeat):
-            for k, fn in fns.items():
-                t, mem, _ = timed(fn, repeat=1, warmup=False)
-                res[k].append((t, mem))
+        rounds = interleaved(list(fns.values()), args.repeat)
+    res = {k: [r[j] for r in rounds] for j, k in enumerate(fns)}
     # paired ratios: each repetition's rows ran back to back, so a change of machine load hits both alike
     mid = lambda xs: sorted(xs)[len(xs) // 2]
     ratio = {k: mid([res[k][j][0] / res["plain"][j][0] for j in range(args.repeat)]) for k in ("dual", "dual0")}
