@@ -8,8 +8,9 @@ checkpoint and size, and hands back its rows with ``--json``:
   PNI bench/pni.py            PNI inversion + reconstruction / DDIM inversion + sampling
   P4  bench/dual_branch.py    dual-branch edit / plain sampling
   P5  (CUDA only)             seconds per 512x512 edit and peak VRAM, from the P2 run
+  P6  bench/live_reedit.py    re-edit after a point move / full edit, the canvas workflow through a real server
 
-    scripts/bench [--ckpt NAME] [--size 512] [--only capture,attentiondrag,pni,dual_branch]
+    scripts/bench [--ckpt NAME] [--size 512] [--only capture,attentiondrag,pni,dual_branch,live_reedit]
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import _common  # noqa: E402
 
-BENCHES = ("capture", "attentiondrag", "pni", "dual_branch")
+BENCHES = ("capture", "attentiondrag", "pni", "dual_branch", "live_reedit")
 
 
 def main(argv=None):

@@ -133,8 +133,15 @@ SPECS["drag_points_canvas.json"] = (DRAG_POINTS_CANVAS, [
     "the points again)."])
 
 # The first-minute workflow: your own photo on the Drag Points canvas drives the full AttentionDrag edit.
+CANVAS_PHOTO = 19  # core LoadImage of the canvas's photo: the inversion's input, with no points among its ancestors
+
+
 def _canvas_source(spec: list) -> list:
-    """AttentionDrag with node 3 = the Drag Points canvas (image, points, mask) and a typed prompt."""
+    """AttentionDrag with node 3 = the Drag Points canvas (image, points, mask) and a typed prompt. VAE Encode
+    reads the photo from node 19, a core Load Image of the same file (the canvas keeps it on its own image),
+    not from the canvas: ComfyUI keys its cache on a node's inputs and all its ancestors', so a link from the
+    canvas would re-run the encode and the inversion on every point edit; this way a point edit re-runs only
+    AutoMask onwards (bench/live_reedit.py)."""
     out = []
     for n in spec:
         n = {**n, "links": dict(n.get("links", {}))}
@@ -144,7 +151,12 @@ def _canvas_source(spec: list) -> list:
             n["links"].pop("text")
             n["widgets"] = {"text": "a photo"}
             n["title"] = "prompt (what the photo shows)"
+        elif n["id"] == 6:
+            n["links"]["pixels"] = [CANVAS_PHOTO, 0]
         out.append(n)
+    out.append({"id": CANVAS_PHOTO, "type": "LoadImage", "pos": [50, 1000], "size": [320, 120],
+                "title": "photo to invert (follows Drag Points' image)",
+                "widgets": {"image": DRAG_POINTS_CANVAS[0]["widgets"]["image"]}})
     return out
 
 
@@ -153,7 +165,9 @@ SPECS["attention_drag_canvas.json"] = (_canvas_source(ATTENTION_DRAG), [
     "(as many pairs as you like), paint the region that may change (optional, an override: the automatic mask is united "
     "with it, and the preview below AutoMask shows the automatic mask alone; paint nothing to edit with the automatic mask only), type what the photo shows in the prompt, pick your SD1.5-family checkpoint, Queue. The rest is the "
     "attention_drag example: LCM schedule, 10 steps, edit at step 5, no CFG. The saved image shows "
-    "original | arrows | mask | result."])
+    "original | arrows | mask | result. 'photo to invert' loads the same photo for the inversion and follows the "
+    "canvas's image by itself: it keeps the points out of the inversion's inputs, so that a point edit (or the "
+    "canvas's Live switch) re-runs only AutoMask onwards and the inversion comes from ComfyUI's cache."])
 
 # PNI (issue 6): invert a real photo with its own prompt, edit it with a target prompt through the PNI Guider.
 PNI_EDIT = [
