@@ -3,10 +3,13 @@
 // State lives in two STRING widgets the backend reads (both hidden on the node):
 //   points: {"version":1,"width":W,"height":H,"pairs":[{"handle":[x,y],"target":[x,y]}]}  (image pixels)
 //   mask:   name of the painted mask PNG in ComfyUI's input folder ("dragfusion_masks/mask_<hash>.png"), or ""
+// The Live switch (toolbar; node property "dragfusion_live", saved with the workflow) queues the workflow after
+// each edit and draws its result in the canvas (drag_points_live.js).
 // The canvas is a DOM widget (drawn in its own <canvas>, never on the graph canvas), so it works in the
 // classic LiteGraph renderer and in the Vue ("Nodes 2.0") node renderer alike.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { LiveRunner, WarpPreview, downstreamDepths } from "./drag_points_live.js";
 
 const NODE_TYPE = "DragFusionDragPoints";
 const EXTENSION = "DragFusion.DragPoints";
@@ -67,32 +70,9 @@ function fnv1a(bytes) {
   return h.toString(16).padStart(8, "0");
 }
 
-function graphLink(graph, id) {
-  if (graph.getLink) return graph.getLink(id);
-  const links = graph.links;
-  return links?.get ? links.get(id) : links?.[id];
-}
-
 /** Ids (as strings) of every node fed, directly or not, by ``node``'s outputs. */
 function downstreamIds(node) {
-  const graph = node.graph;
-  const seen = new Set();
-  const queue = [node];
-  while (queue.length && graph) {
-    const n = queue.shift();
-    for (const out of n.outputs ?? []) {
-      for (const id of out.links ?? []) {
-        const link = graphLink(graph, id);
-        if (!link) continue;
-        const key = String(link.target_id);
-        if (seen.has(key)) continue;
-        seen.add(key);
-        const next = graph.getNodeById(link.target_id);
-        if (next) queue.push(next);
-      }
-    }
-  }
-  return seen;
+  return new Set(downstreamDepths(node).keys());
 }
 
 /** A grey-level result (a mask such as AutoMask's) becomes a cyan tint of its bright parts; else null. */
@@ -154,6 +134,12 @@ class DragCanvas {
     this.overlay = null;      // {img, from}
     this.showOverlay = true;
     this.uploads = 0;         // mask uploads done (tests read it)
+    this.liveOn = !!node.properties?.dragfusion_live;
+    this.liveStatus = "";
+    this.live = new LiveRunner(this);
+    this.warpPreview = null;  // WarpPreview of this.img
+    this.warp = null;         // warped image drawn in place of the image until the live result arrives
+    this.warpLatency = [];    // ms from a pointer move to the warped frame drawn in the canvas (tests read it)
 
     this.buildDOM();
     const opts = {
@@ -179,6 +165,7 @@ class DragCanvas {
   dispose() {
     clearInterval(this.timer);
     api.removeEventListener("executed", this.onExecuted);
+    this.live.dispose();
     this.resizeObserver?.disconnect();
   }
 
@@ -202,11 +189,16 @@ class DragCanvas {
     this.btnUpload = button("Upload", "Upload an image into ComfyUI's input folder and use it (or drop an image file here).", () => this.pickFile());
     this.btnClear = button("Clear points", "Remove every handle -> target pair.", () => this.clearPoints());
     this.btnClearMask = button("Clear mask", "Erase the whole mask.", () => this.clearMask());
+    this.btnLive = button("Live", "Live: about 0.3 s after you release a point, add a pair or finish a brush stroke, queue the "
+      + "workflow by itself and draw its result here (a newer edit cancels the older run; only what the edit touches runs "
+      + "again, the inversion comes from ComfyUI's cache). While you drag a point, a quick warp of the image previews the "
+      + "move. Off by default; saved with the workflow.", () => this.setLive(!this.liveOn));
+    this.btnLive.dataset.dragfusion = "live";
     this.btnOverlay = button("Result", "Show or hide the last result (AutoMask or preview image) of a node downstream.", () => { this.showOverlay = !this.showOverlay; this.refreshToolbar(); this.draw(); });
     this.status = el("div", { style: { font: "11px sans-serif", color: "#aaa", padding: "2px 2px 0", whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis" } });
     this.status.dataset.dragfusion = "status";
     const bar = el("div", { style: { display: "flex", flexWrap: "wrap", gap: "4px", alignItems: "center", padding: "2px 0 4px" } },
-      [this.btnUpload, this.btnPoints, this.btnMask, this.btnErase, this.size, this.sizeLabel, this.btnClear, this.btnClearMask, this.btnOverlay]);
+      [this.btnUpload, this.btnPoints, this.btnMask, this.btnErase, this.size, this.sizeLabel, this.btnClear, this.btnClearMask, this.btnLive, this.btnOverlay]);
     this.root = el("div", {
       style: { display: "flex", flexDirection: "column", width: "100%", height: "100%", minHeight: `${MIN_CANVAS_HEIGHT + 60}px`, boxSizing: "border-box" },
     }, [bar, this.box, this.status]);
@@ -235,12 +227,79 @@ class DragCanvas {
     this.sizeLabel.textContent = `${this.brush}px`;
     this.btnOverlay.style.display = this.overlay ? "" : "none";
     setActive(this.btnOverlay, this.showOverlay);
+    setActive(this.btnLive, this.liveOn);
     this.canvas.style.cursor = this.mode === "mask" ? "none" : "crosshair";
     const n = this.pairs.length;
     const hint = !this.img ? "choose or upload an image"
       : this.mode === "mask" ? (this.erase ? "erasing mask" : "painting mask (right button erases)")
       : this.pending ? "click the target of the new pair (Esc cancels)" : "click a handle";
-    this.status.textContent = `${n} pair${n === 1 ? "" : "s"}${this.mask ? " · mask" : ""}${this.img ? ` · ${this.iw}×${this.ih}` : ""} · ${hint}`;
+    const live = this.liveOn && this.liveStatus ? ` · ${this.liveStatus}` : "";
+    this.status.textContent = `${n} pair${n === 1 ? "" : "s"}${this.mask ? " · mask" : ""}${this.img ? ` · ${this.iw}×${this.ih}` : ""} · ${hint}${live}`;
+    this.status.title = this.status.textContent;
+  }
+
+  // ---------------------------------------------------------------- live
+  setLive(on) {
+    this.liveOn = !!on;
+    this.node.properties = this.node.properties ?? {};
+    this.node.properties.dragfusion_live = this.liveOn;
+    this.liveStatus = this.liveOn ? "live: on" : "";
+    if (this.liveOn) this.liveEdit();
+    else { this.live.stop(); this.warp = null; }
+    this.refreshToolbar();
+    this.draw();
+  }
+
+  /** An edit of points or mask: with Live on, (re)queue the workflow. */
+  liveEdit() {
+    if (this.liveOn && this.img) this.live.changed();
+  }
+
+  setLiveStatus(text, isError = false) {
+    this.liveStatus = text;
+    this.status.style.color = isError ? "#f88" : "#aaa";
+    this.refreshToolbar();
+  }
+
+  /** The live run failed or was cancelled: drop the drag preview, the canvas shows the image and the points. */
+  liveFailed() {
+    this.warp = null;
+    this.draw();
+  }
+
+  /** Warp the image by the current pairs and draw it now; records the latency from ``t0`` (an event's timeStamp). */
+  warpNow(t0) {
+    if (!this.img) return;
+    if (!this.warpPreview || this.warpPreview.img !== this.img) {
+      this.warpPreview = new WarpPreview(this.img);
+      this.warpPreview.img = this.img;
+    }
+    this.warp = this.warpPreview.update(this.pairs);
+    if (this.frame) { cancelAnimationFrame(this.frame); this.frame = null; }
+    this.render();
+    const drawn = performance.now() - t0;
+    requestAnimationFrame(() => {
+      this.warpLatency.push({ drawn, frame: performance.now() - t0 });
+      if (this.warpLatency.length > 500) this.warpLatency.shift();
+    });
+  }
+
+  /** Core Load Image nodes that loaded the canvas's previous image for the same consumers follow it to ``key``. */
+  followImage(prev, key) {
+    const graph = this.node.graph;
+    if (!graph || !prev || prev === key) return;
+    const mine = downstreamIds(this.node);
+    for (const n of graph._nodes ?? graph.nodes ?? []) {
+      if ((n.comfyClass ?? n.type) !== "LoadImage" || n === this.node) continue;
+      const w = n.widgets?.find((x) => x.name === "image");
+      if (!w || String(w.value ?? "") !== prev) continue;
+      if (![...downstreamIds(n)].some((id) => mine.has(id))) continue;
+      const values = w.options?.values;
+      if (Array.isArray(values) && !values.includes(key)) values.push(key);
+      w.value = key;
+      w.callback?.(key);
+      n.setDirtyCanvas?.(true, true);
+    }
   }
 
   setMode(mode) {
@@ -259,9 +318,12 @@ class DragCanvas {
     if (pv !== this.pointsKey) this.readPoints(pv);
     const mv = String(this.maskW?.value ?? "");
     if (mv !== this.maskKey && !this.maskLoading) this.loadMask(mv);
+    const lv = !!this.node.properties?.dragfusion_live;
+    if (lv !== this.liveOn) { this.liveOn = lv; if (!lv) this.live.stop(); this.refreshToolbar(); }
   }
 
   loadImage(key) {
+    this.followImage(this.imgKey, key);
     this.imgKey = key;
     if (!key) { this.img = null; this.draw(); return; }
     const img = new Image();
@@ -270,6 +332,7 @@ class DragCanvas {
       this.img = img;
       this.iw = img.naturalWidth; this.ih = img.naturalHeight;
       this.overlay = null;
+      this.warp = null;
       this.checkSizes();
       this.refreshToolbar();
       this.draw();
@@ -313,6 +376,7 @@ class DragCanvas {
     this.pointsW.value = text;
     this.pointsW.callback?.(text);
     this.changed();
+    this.liveEdit();
   }
 
   changed() {
@@ -391,6 +455,7 @@ class DragCanvas {
     this.maskW.value = "";
     this.maskW.callback?.("");
     this.changed();
+    this.liveEdit();
   }
 
   scheduleUpload() {
@@ -450,18 +515,30 @@ class DragCanvas {
   handleExecuted(detail) {
     if (!detail?.output?.images?.length) return;
     const id = String(detail.display_node ?? detail.node);
-    const down = downstreamIds(this.node);
-    if (!down.has(id) && !down.has(String(detail.node))) return;
+    const down = downstreamDepths(this.node);
+    const hit = down.get(id) ?? down.get(String(detail.node));
+    if (!hit) return;
+    const pid = detail.prompt_id;
+    const live = this.live.accept(pid); // null: not a live prompt; false: an older edit's (stale)
+    if (live === false) return;
     const source = this.node.graph?.getNodeById(detail.node);
     const from = source?.type ?? source?.comfyClass ?? "";
     const isAutoMask = /automask/i.test(from);
-    if (this.overlay && this.overlay.isAutoMask && !isAutoMask && this.overlay.prompt === detail.prompt_id) return;
+    if (!live && this.overlay && this.overlay.isAutoMask && !isAutoMask && this.overlay.prompt === pid) return;
     const info = detail.output.images[0];
     const img = new Image();
     img.onload = () => {
       // Only results of this image's shape can lie over it (not e.g. a side-by-side comparison).
       if (!this.iw || Math.abs(img.naturalWidth / img.naturalHeight - this.iw / this.ih) > 0.02) return;
-      this.overlay = { img: maskLikeTint(img) ?? img, from, isAutoMask, prompt: detail.prompt_id, url: img.src };
+      const tint = maskLikeTint(img);
+      if (live) {
+        // The live result: the newest edit's deepest image node (the workflow's final image), never a mask.
+        if (tint || !this.live.take(pid, hit.depth)) return;
+        this.overlay = { img, from, isAutoMask: false, prompt: pid, url: img.src, live: true, depth: hit.depth };
+        this.warp = null;
+      } else {
+        this.overlay = { img: tint ?? img, from, isAutoMask, prompt: pid, url: img.src };
+      }
       this.showOverlay = true;
       this.refreshToolbar();
       this.draw();
@@ -548,6 +625,7 @@ class DragCanvas {
       if (p[0] === this.pending[0] && p[1] === this.pending[1]) return; // target must differ
       this.pairs.push({ handle: this.pending, target: p });
       this.pending = null;
+      if (this.liveOn) this.warpNow(e.timeStamp);
       this.writePoints();
     }
   }
@@ -566,7 +644,8 @@ class DragCanvas {
     if (this.drag) {
       const p = this.pairs[this.drag.pair];
       if (p) { p[this.drag.which] = this.pixel(u, v); this.drag.moved = true; }
-      this.draw();
+      if (this.liveOn && p) this.warpNow(e.timeStamp);
+      else this.draw();
       return;
     }
     if (this.mode === "points") {
@@ -586,7 +665,7 @@ class DragCanvas {
     this.drag = null;
     try { this.canvas.releasePointerCapture?.(e.pointerId); } catch { /* not captured */ }
     if (!d) return;
-    if (d.paint) { this.scheduleUpload(); this.changed(); return; }
+    if (d.paint) { this.scheduleUpload(); this.changed(); this.liveEdit(); return; }
     if (d.moved) {
       const p = this.pairs[d.pair];
       if (p && p.handle[0] === p.target[0] && p.handle[1] === p.target[1]) {
@@ -700,9 +779,10 @@ class DragCanvas {
     const L = this.layout();
     const W = this.iw * L.s, H = this.ih * L.s;
     ctx.imageSmoothingEnabled = L.s < 1;
-    ctx.drawImage(this.img, L.ox, L.oy, W, H);
-    if (this.overlay && this.showOverlay) {
-      ctx.globalAlpha = 0.6;
+    const warped = this.liveOn && this.warp;
+    ctx.drawImage(warped ? this.warp : this.img, L.ox, L.oy, W, H);
+    if (this.overlay && this.showOverlay && !warped) {
+      ctx.globalAlpha = this.overlay.live ? 1 : 0.6;
       ctx.drawImage(this.overlay.img, L.ox, L.oy, W, H);
       ctx.globalAlpha = 1;
     }
