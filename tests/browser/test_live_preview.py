@@ -282,3 +282,21 @@ def test_drag_preview_is_drawn_within_100_ms(chromium, which):
         json.dump(stats, f, indent=1)
     print(f"\n[live] drag preview latency on {pg.label}: {stats}")
     assert stats["drawn_max_ms"] < 100 and stats["frame_p95_ms"] < 100, stats
+
+
+@pytest.mark.parametrize("which", LIVE_UI)
+def test_the_inversions_load_image_follows_the_canvas_image(chromium, which):
+    """In the canvas workflow the inversion reads the photo from a core Load Image (so that point edits keep it
+    cached); choosing or uploading another photo on the canvas moves that Load Image along, and only it."""
+    pg = get_page(chromium, which)
+    fs = pg.env.fs
+    first, second = fresh_photo(fs), fresh_photo(fs)
+    load_live(pg, first)
+    other = pg.add_node("LoadImage", (900, 900))          # an unrelated Load Image of the same file stays
+    pg.set_widget(other, "image", first)
+    pg.set_widget(CANVAS, "image", second)
+    pg.page.wait_for_function("([id, v]) => window.app.graph.getNodeById(id).widgets.find(w => w.name === 'image').value === v",
+                              arg=[PHOTO, second], timeout=10000)
+    assert pg.widget(other, "image") == first
+    api = pg.js("async () => (await window.app.graphToPrompt()).output")
+    assert api[str(PHOTO)]["inputs"]["image"] == api[str(CANVAS)]["inputs"]["image"] == second
