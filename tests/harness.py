@@ -212,3 +212,58 @@ def ensure_data_link(comfyui_dir: str = COMFYUI_DIR) -> str:
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(DATA, link)
     return link
+
+
+# The tiny test checkpoints scripts/setup builds (scripts/make_tiny_checkpoint.py --arch ...): random
+# weights, reduced UNets that the host detects as each family, full-size text encoders, TAESD VAEs.
+TINY_CKPTS = {
+    "sd15": TINY_CKPT,
+    "sd2": "dragfusion_tiny_sd2.safetensors",    # detected as eps: v_prediction=True below for SD2-v
+    "sdxl": "dragfusion_tiny_sdxl.safetensors",  # CLIP-L + bigG: ~1.8 GB, loads in seconds
+}
+
+_TINY_LOADED = {}
+
+
+def call_node(node_id: str, **inputs) -> tuple:
+    """Execute one core node of the real host (a V1 class or a V3 io.ComfyNode) under
+    torch.inference_mode, as the executor does; returns its outputs as a tuple."""
+    import torch
+    nodes = load_host()
+    cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+    if hasattr(cls, "PREPARE_CLASS_CLONE"):
+        return tuple(run_node(node_id, **inputs).result)
+    with torch.inference_mode():
+        return tuple(getattr(cls(), cls.FUNCTION)(**inputs))
+
+
+def load_tiny_checkpoint(arch: str = "sd15", v_prediction: bool = False) -> tuple:
+    """(model, clip, vae) of the tiny ``arch`` checkpoint ('sd15', 'sd2', 'sdxl'), loaded through the
+    host's own CheckpointLoaderSimple once per process (like the executor's cache of a loader's output:
+    the same objects every call, so clone a MODEL before patching it, as ComfyUI's nodes do).
+    ``v_prediction``: the model through ComfyUI's ModelSamplingDiscrete ('v_prediction', zsnr off), the
+    host's own way to run a v-prediction checkpoint it detects as eps (the SD2 one is detected as eps)."""
+    if arch not in TINY_CKPTS:
+        raise ValueError(f"arch {arch!r}: one of {sorted(TINY_CKPTS)}")
+    if arch not in _TINY_LOADED:
+        import folder_paths
+        load_host()
+        name = TINY_CKPTS[arch]
+        if not folder_paths.get_full_path("checkpoints", name):
+            raise FileNotFoundError(f"{name} is not in the host's models/checkpoints: run scripts/setup")
+        _TINY_LOADED[arch] = call_node("CheckpointLoaderSimple", ckpt_name=name)[:3]
+    model, clip, vae = _TINY_LOADED[arch]
+    if v_prediction:
+        (model,) = call_node("ModelSamplingDiscrete", model=model, sampling="v_prediction", zsnr=False)
+    return model, clip, vae
+
+
+def drop_tiny_checkpoints(*archs: str):
+    """Forget load_tiny_checkpoint's objects for ``archs`` (all when none given), so that their memory
+    can be freed (the SDXL one holds ~4.5 GB on CPU: its text encoders run in float32)."""
+    for arch in archs or list(_TINY_LOADED):
+        _TINY_LOADED.pop(arch, None)
+    import gc
+    gc.collect()
+    if "comfy.model_management" in sys.modules:   # the host's list of loaded models: drop the dead ones
+        sys.modules["comfy.model_management"].cleanup_models()
