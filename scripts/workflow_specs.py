@@ -154,7 +154,7 @@ def _canvas_source(spec: list) -> list:
         elif n["id"] == 6:
             n["links"]["pixels"] = [CANVAS_PHOTO, 0]
         out.append(n)
-    out.append({"id": CANVAS_PHOTO, "type": "LoadImage", "pos": [50, 1000], "size": [320, 120],
+    out.append({"id": CANVAS_PHOTO, "type": "LoadImage", "pos": [50, 1150], "size": [320, 120],
                 "title": "photo to invert (follows Drag Points' image)",
                 "widgets": {"image": DRAG_POINTS_CANVAS[0]["widgets"]["image"]}})
     return out
