@@ -256,6 +256,16 @@ class Page:
         cx, cy = self.image_to_client(node_id, x, y)
         self.page.mouse.click(cx, cy, button=button)
 
+    def drag_image(self, node_id: int, a, b, steps: int = 8):
+        """Press at image pixel ``a``, move to ``b`` in ``steps`` pointer moves, release."""
+        x0, y0 = self.image_to_client(node_id, *a)
+        x1, y1 = self.image_to_client(node_id, *b)
+        m = self.page.mouse
+        m.move(x0, y0)
+        m.down()
+        m.move(x1, y1, steps=steps)
+        m.up()
+
     def points(self, node_id: int) -> dict:
         return json.loads(self.widget(node_id, "points"))
 

@@ -126,13 +126,7 @@ def test_right_click_delete_key_and_clear(page_):
 
 def paint_stroke(pg, nid, a, b, steps=12):
     pg.page.locator("button", has_text="Mask").first.click()
-    x0, y0 = pg.image_to_client(nid, *a)
-    x1, y1 = pg.image_to_client(nid, *b)
-    m = pg.page.mouse
-    m.move(x0, y0)
-    m.down()
-    m.move(x1, y1, steps=steps)
-    m.up()
+    pg.drag_image(nid, a, b, steps)
     pg.page.wait_for_function("(id) => { const w = window.app.graph.getNodeById(id).widgets.find(w => w.name === 'mask');"
                               " return w.value && w.value.startsWith('dragfusion_masks/'); }", arg=nid, timeout=15000)
     pg.page.locator("button", has_text="Points").first.click()

@@ -93,17 +93,20 @@ def wait_result(pg, after: set, timeout: float = 120) -> str:
 
 
 def drag_point(pg, src, dst, steps=8):
-    x0, y0 = pg.image_to_client(CANVAS, *src)
-    x1, y1 = pg.image_to_client(CANVAS, *dst)
-    m = pg.page.mouse
-    m.move(x0, y0)
-    m.down()
-    m.move(x1, y1, steps=steps)
-    m.up()
+    pg.drag_image(CANVAS, src, dst, steps)
 
 
 def toggle_live(pg):
     pg.page.locator("button[data-dragfusion='live']").first.click()
+
+
+def start_live(chromium, which):
+    """The cheap canvas workflow on a fresh photo with Live switched on; -> (page, server, the first result's prompt)."""
+    pg = get_page(chromium, which)
+    load_live(pg, fresh_photo(pg.env.fs))
+    assert live_state(pg)["on"] is False, "Live must be off by default"
+    toggle_live(pg)                                   # switching it on runs the current state once: a full edit
+    return pg, pg.env.fs, wait_result(pg, set())
 
 
 def ran_and_cached(fs, pid: str):
@@ -127,12 +130,7 @@ def ran_and_cached(fs, pid: str):
 
 @pytest.mark.parametrize("which", LIVE_UI)
 def test_two_moves_give_two_results_and_reuse_the_inversion(chromium, which):
-    pg = get_page(chromium, which)
-    fs = pg.env.fs
-    load_live(pg, fresh_photo(fs))
-    assert live_state(pg)["on"] is False, "Live must be off by default"
-    toggle_live(pg)                                   # switching it on runs the current state once: a full edit
-    p0 = wait_result(pg, set())
+    pg, fs, p0 = start_live(chromium, which)
     ran0, cached0, h0 = ran_and_cached(fs, p0)
     assert str(INVERT) in ran0 and str(ENCODE) in ran0, (ran0, cached0)
     assert str(SAVE) not in h0["outputs"] and str(RESULT) in h0["outputs"], "a live run must not save files"
@@ -162,11 +160,7 @@ def _history(fs, pid):
 
 @pytest.mark.parametrize("which", LIVE_UI)
 def test_a_stale_result_never_replaces_a_newer_one(chromium, which):
-    pg = get_page(chromium, which)
-    fs = pg.env.fs
-    load_live(pg, fresh_photo(fs))
-    toggle_live(pg)
-    p0 = wait_result(pg, set())
+    pg, fs, p0 = start_live(chromium, which)
     (h, t) = PAIR
     drag_point(pg, t, (t[0] - 12, t[1]))              # move 1 ...
     pg.page.wait_for_function("""(id) => [...window.app.graph.getNodeById(id).dragfusion.live.prompts.values()]
@@ -199,11 +193,7 @@ def test_a_stale_result_never_replaces_a_newer_one(chromium, which):
 
 @pytest.mark.parametrize("which", LIVE_UI)
 def test_cancel_and_errors_leave_the_canvas_usable(chromium, which):
-    pg = get_page(chromium, which)
-    fs = pg.env.fs
-    load_live(pg, fresh_photo(fs))
-    toggle_live(pg)
-    p0 = wait_result(pg, set())
+    pg, fs, p0 = start_live(chromium, which)
     (h, t) = PAIR
 
     # Cancel (the queue's Cancel button: POST /interrupt) while the live run of a move runs.
