@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 
+import comfy.model_base as _mb
 import comfy.model_management as _mm
 import comfy.model_sampling as _ms
 import comfy.patcher_extension as _pe
@@ -34,7 +35,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel
 
 __all__ = [
     "COMFYUI_VERSION", "SpatialTransformer", "Downsample", "UNetModel", "Upsample",
-    "EPS", "V_PREDICTION", "X0", "CONST", "ModelSamplingDiscrete", "SD15",
+    "EPS", "V_PREDICTION", "X0", "CONST", "ModelSamplingDiscrete", "SD15", "model_family", "FAMILIES",
     "intermediate_device", "torch_device", "throw_if_interrupted",
     "ProgressBar", "progress_bar_enabled", "load_safetensors",
     "CFGGuider", "KSAMPLER", "SAMPLER_NAMES", "SCHEDULER_NAMES", "sampler_object", "calculate_sigmas",
@@ -62,6 +63,28 @@ X0 = _ms.X0
 CONST = _ms.CONST
 ModelSamplingDiscrete = _ms.ModelSamplingDiscrete
 SD15 = _supported.SD15
+
+FAMILIES = ("SD1.5", "SD2.x", "SDXL")
+
+
+def model_family(model) -> str | None:
+    """The model's family, read off the classes ComfyUI chose when it detected the UNet from its weights
+    (never from a file name): 'SD1.5' (SD1.5 and its fine-tunes), 'SD2.x' (SD2.0 / 2.1, 512 eps and 768
+    v-prediction), 'SDXL' (SDXL base and its distilled layouts: SSD-1B, Vega, KOALA), or None (any other
+    family or variant: inpainting / instruct-pix2pix UNets with extra input channels, unCLIP, upscalers,
+    the refiner, SD3, Flux, ...)."""
+    base = getattr(model, "model", None)
+    config = getattr(base, "model_config", None)
+    unet = getattr(base, "diffusion_model", None)
+    if getattr(unet, "in_channels", None) != 4:
+        return None
+    if type(base) is _mb.BaseModel and isinstance(config, _supported.SD15):
+        return "SD1.5"
+    if type(base) is _mb.BaseModel and isinstance(config, _supported.SD20):
+        return "SD2.x"
+    if type(base) is _mb.SDXL:
+        return "SDXL"
+    return None
 
 # -- devices, interruption, progress --------------------------------------------------------------
 intermediate_device = _mm.intermediate_device

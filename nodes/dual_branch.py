@@ -19,6 +19,7 @@ from ..guidance.errors import input_error
 from ..guidance.inversion_data import Inversion
 from ..sampling.dual_branch_guider import (DEFAULT_ENERGY_SCALE, ENERGY_MODES, ENERGY_NORMALISED, ENERGY_X0, GUIDER_NODE,
                                            DualBranchGuiderImpl, DualBranchSettings, check_settings)
+from .architecture import SUPPORTED, check_model
 from .types import CATEGORY_VERSAFUSION, DragPointsType, ImagePromptType, InversionType
 from ..attention_patch import comfy_host as host
 
@@ -112,7 +113,6 @@ def build_geometry(node: str, task: str, hw: tuple, points=None, mask=None, offs
 def build_guider(node: str, model, inversion, target, task: str, settings: DualBranchSettings, points=None, mask=None,
                  offset_x=0.0, offset_y=0.0, scale=1.0, reference=None, reference_mask=None, pad=(0, 0, 0, 0),
                  landmarks_json="", point_radius=16.0, image_prompt=None, reference_image_prompt=None):
-    from .pni import check_eps_model
     if not _is(inversion, Inversion):
         raise input_error(node, "inversion", f"expected PNI Invert's INVERSION, got {type(inversion).__name__}")
     inversion.validate(node, "inversion")
@@ -126,7 +126,7 @@ def build_guider(node: str, model, inversion, target, task: str, settings: DualB
                                                  "with the same steps and scheduler")
     if not isinstance(target, list) or len(target) == 0:
         raise input_error(node, "target", "expected a non-empty CONDITIONING (CLIP Text Encode of the target prompt)")
-    check_eps_model(model, node)
+    check_model(model, node)
     check_settings(settings, node)
     geometry = build_geometry(node, task, _latent_hw(inversion), points, mask, offset_x, offset_y, scale, reference,
                               reference_mask, pad, landmarks_json, point_radius)
@@ -142,7 +142,7 @@ def build_guider(node: str, model, inversion, target, task: str, settings: DualB
 
 def _inputs(include_sampler: bool) -> list:
     ins = [
-        io.Model.Input("model", tooltip="The model PNI Invert used (SD1.5 family). It is not modified: the patches go on a clone."),
+        io.Model.Input("model", tooltip=f"The model PNI Invert used. Supported: {SUPPORTED}. It is not modified: the patches go on a clone."),
         InversionType.Input("inversion", tooltip="PNI Invert's INVERSION of the image to edit: the guidance branch "
                                                  "reconstructs it, and sampling starts from its z_T."),
         io.Conditioning.Input("target", tooltip="The target prompt of the generation branch (often the source prompt; "

@@ -25,11 +25,12 @@ from ..attention_patch.capture import SelfAttentionCapture, grid_at_level, self_
 from ..guidance.attn_capture import AttnCapture
 from ..guidance.ddim_inversion import ddim_invert, inversion_sigmas
 from ..guidance.errors import input_error
+from .architecture import AUTO, SUPPORTED, check_model, finest_level, resolve_preset
 from .types import CATEGORY_ATTENTIONDRAG, AttnCaptureType, DragPointsType
 from ..attention_patch import comfy_host as host
 
 NODE = "Inversion with Attention Capture"
-PRESETS = ["latent resolution", "decoder at latent resolution", "decoder", "all", "custom"]
+PRESETS = [AUTO, "latent resolution", "decoder at latent resolution", "decoder", "all", "custom"]
 KV_DRAGDIFFUSION = "decoder, two finest levels"
 KV_SAME = "same as layers"
 PRECISION_INT8, PRECISION_FP16 = "int8 per channel", "fp16"
@@ -39,30 +40,10 @@ KV_PRESETS = [KV_SAME, KV_DRAGDIFFUSION, "decoder at latent resolution", "decode
 # layers: drag MD 2.83 px, inpaint PSNR 22.43 dB, against 7.66 / 22.02 for the decoder's (DragDiffusion) and 7.60 /
 # 21.75 without KV; the 'simple' schedule (the LCM grid) 2.83 px against 3.02 ('normal') and 3.11 ('ddim_uniform')
 DEFAULT_SCHEDULER = "simple"
-SUPPORTED = ("SD1.5-family checkpoints with epsilon prediction: SD1.5 and its fine-tunes, and LCM / "
-             "LCM-LoRA models (ModelSamplingDiscrete with sampling 'lcm')")
 MAX_STEPS = 1000
 
 
 # ------------------------------------------------------------------------------------ checks
-def check_model(model) -> None:
-    base = getattr(model, "model", None)
-    config = getattr(base, "model_config", None)
-    unet = getattr(base, "diffusion_model", None)
-    try:
-        sampling = model.get_model_object("model_sampling")
-    except AttributeError:
-        sampling = None
-    ok = (isinstance(config, host.SD15) and isinstance(unet, host.UNetModel)
-          and getattr(unet, "in_channels", None) == 4
-          and isinstance(sampling, host.ModelSamplingDiscrete)
-          and isinstance(sampling, host.EPS)
-          and not isinstance(sampling, (host.V_PREDICTION, host.X0)))
-    if not ok:
-        what = f"{type(config).__name__} model, {getattr(unet, 'in_channels', '?')} input channels, {type(sampling).__name__} sampling"
-        raise input_error(NODE, "model", f"this model is not supported ({what}); supported are {SUPPORTED}")
-
-
 def check_latent(latent) -> torch.Tensor:
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor) or getattr(samples, "is_nested", False) or samples.ndim != 4 or samples.shape[1] != 4:
@@ -87,14 +68,18 @@ def check_points(points, latent_hw) -> None:
                           f"{w}x{h} (a {8 * w}x{8 * h} image); the latent must be the image's size / 8")
 
 
-def select_layers(available, preset: str, custom: str, names=("layers", "custom_layers")) -> tuple:
+def select_layers(available, preset: str, custom: str, names=("layers", "custom_layers"), family: str = "SD1.5") -> tuple:
     """available: [(key, level)] in UNet order. Returns the chosen layer keys (``names``: the inputs
-    that hold the preset and the custom list, for the error messages)."""
+    that hold the preset and the custom list, for the error messages). 'latent resolution' is the finest
+    grid that has self-attention (the latent grid; latent / 2 on SDXL); 'auto' the family's default
+    (architecture.AUTO_PRESET)."""
     keys = [k for k, _ in available]
+    finest = finest_level(available)
+    preset = resolve_preset(preset, family)
     if preset == "latent resolution":
-        chosen = [k for k, lv in available if lv == 0]
+        chosen = [k for k, lv in available if lv == finest]
     elif preset == "decoder at latent resolution":
-        chosen = [k for k, lv in available if lv == 0 and k.startswith("output.")]
+        chosen = [k for k, lv in available if lv == finest and k.startswith("output.")]
     elif preset == "decoder":
         chosen = [k for k in keys if k.startswith("output.")]
     elif preset == "all":
@@ -114,12 +99,14 @@ def select_layers(available, preset: str, custom: str, names=("layers", "custom_
     return tuple(chosen)
 
 
-def select_kv_layers(available, preset: str, custom: str, layers: tuple) -> tuple:
+def select_kv_layers(available, preset: str, custom: str, layers: tuple, family: str = "SD1.5") -> tuple:
     """The self-attention layers whose keys/values KV consistency reads. ``KV_DRAGDIFFUSION``: the
-    decoder's layers on the latent grid and the next coarser one (SD1.5: output blocks 6-11, the
-    mutual self-attention of MasaCtrl / DragDiffusion that the paper's KV consistency follows)."""
+    decoder's layers on the finest attention grid and the next coarser one (SD1.5: output blocks 6-11, the
+    mutual self-attention of MasaCtrl / DragDiffusion that the paper's KV consistency follows; SDXL: the
+    decoder's latent / 2 and / 4 grids)."""
     if preset == KV_DRAGDIFFUSION:
-        chosen = tuple(k for k, lv in available if lv <= 1 and k.startswith("output."))
+        finest = finest_level(available)
+        chosen = tuple(k for k, lv in available if lv <= finest + 1 and k.startswith("output."))
         if not chosen:
             raise input_error(NODE, "kv_layers", f"this model's decoder has no self-attention layer at the two finest levels "
                               f"({', '.join(k for k, _ in available) or 'none'}); choose another preset")
@@ -128,7 +115,7 @@ def select_kv_layers(available, preset: str, custom: str, layers: tuple) -> tupl
         return tuple(layers)
     if preset not in KV_PRESETS:
         raise input_error(NODE, "kv_layers", f"unknown preset {preset!r}; choose one of {KV_PRESETS}")
-    return select_layers(available, preset, custom, names=("kv_layers", "custom_kv_layers"))
+    return select_layers(available, preset, custom, names=("kv_layers", "custom_kv_layers"), family=family)
 
 
 def parse_capture_steps(text: str, n_inv: int) -> tuple:
@@ -155,7 +142,9 @@ def parse_capture_steps(text: str, n_inv: int) -> tuple:
     return tuple(sorted(out))
 
 
-def zero_conditioning(model, like=None):
+def zero_conditioning(model, like=None, latent_hw=None):
+    """A conditioning of zeros in the model's text-embedding shape (SDXL: a zero pooled output and the image
+    size as its size conditioning, as CLIPTextEncodeSDXL sets it), or ``like`` with its tensors zeroed."""
     if like is not None:
         out = []
         for t, d in like:
@@ -165,7 +154,13 @@ def zero_conditioning(model, like=None):
             out.append([torch.zeros_like(t), d])
         return out
     ctx = int(model.model.model_config.unet_config.get("context_dim", 768))
-    return [[torch.zeros((1, 77, ctx)), {}]]
+    extra = {}
+    adm = model.model.model_config.unet_config.get("adm_in_channels")
+    if host.model_family(model) == "SDXL" and adm:
+        h, w = (8 * int(v) for v in (latent_hw or (128, 128)))
+        extra = {"pooled_output": torch.zeros((1, int(adm) - 6 * 256)), "width": w, "height": h, "crop_w": 0,
+                 "crop_h": 0, "target_width": w, "target_height": h}
+    return [[torch.zeros((1, 77, ctx)), extra]]
 
 
 # --------------------------------------------------------------------------------- sampling
@@ -203,11 +198,11 @@ def _inversion_sampler(model, x, sigmas, extra_args=None, callback=None, disable
 
 
 def run_inversion(model, latent, steps, edit_step, scheduler=DEFAULT_SCHEDULER, cfg=1.0, positive=None, negative=None,
-                  layers=("latent resolution", ""), capture_steps="all", capture_values=False, points=None,
+                  layers=(AUTO, ""), capture_steps="all", capture_values=False, points=None,
                   kv_layers=(KV_SAME, ""), precision=PRECISION_INT8):
     """The node's work; ``layers=None`` runs the same inversion with no capture installed
     (for benchmarks). Returns ``(latent_dict, AttnCapture | None)``."""
-    check_model(model)
+    family = check_model(model, NODE)
     samples = check_latent(latent)
     latent_hw = (int(samples.shape[2]), int(samples.shape[3]))
     if not (isinstance(steps, int) and 1 <= steps <= MAX_STEPS):
@@ -233,11 +228,11 @@ def run_inversion(model, latent, steps, edit_step, scheduler=DEFAULT_SCHEDULER, 
     kv = bool(capture_values) and layers is not None
     if layers is not None:
         available = self_attention_layers(unet)
-        chosen = select_layers(available, *layers)
+        chosen = select_layers(available, *layers, family=family)
         cap_steps = parse_capture_steps(capture_steps, n_inv)
         levels = dict(available)
         if kv:
-            kv_chosen = select_kv_layers(available, *kv_layers, chosen)
+            kv_chosen = select_kv_layers(available, *kv_layers, chosen, family=family)
 
     m = model.clone()
     capture = None
@@ -245,7 +240,7 @@ def run_inversion(model, latent, steps, edit_step, scheduler=DEFAULT_SCHEDULER, 
         capture = SelfAttentionCapture(chosen, with_v=kv, kv_layers=kv_chosen, precision=PRECISIONS[precision])
         capture.install(m)
     if positive is None:
-        positive = zero_conditioning(model)
+        positive = zero_conditioning(model, latent_hw=latent_hw)
     if negative is None:
         negative = zero_conditioning(model, positive)
 
@@ -308,10 +303,12 @@ class InvertWithAttentionCapture(io.ComfyNode):
                                        "the LCM grid the paper uses (timesteps 999, 899, ... for 10 steps); 'ddim_uniform' is DDIM's."),
                 io.Float.Input("cfg", default=1.0, min=0.01, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance during the inversion; 1.0 = none (as in the paper) and one UNet batch per step."),
-                io.Combo.Input("layers", options=PRESETS, default="latent resolution",
-                               tooltip="Self-attention layers to record. 'latent resolution': every layer whose token grid is the "
-                                       "latent grid (default); 'decoder at latent resolution'; 'decoder': all output blocks; 'all'; "
-                                       "'custom': the list in custom_layers."),
+                io.Combo.Input("layers", options=PRESETS, default=AUTO,
+                               tooltip="Self-attention layers to record. 'auto' (default): SD1.5 / SD2.x 'latent resolution', SDXL "
+                                       "'decoder at latent resolution'. 'latent resolution': every layer on the finest attention "
+                                       "grid (the latent grid; latent / 2 on SDXL, which has no attention on the latent grid); "
+                                       "'decoder at latent resolution': the decoder's layers on that grid; 'decoder': all output "
+                                       "blocks; 'all'; 'custom': the list in custom_layers."),
                 io.String.Input("custom_layers", default="", optional=True,
                                 tooltip="With layers = custom: comma-separated layer keys 'block.number.index', e.g. 'output.9.0, output.10.0' "
                                         "(block and number as in ComfyUI's attn1 patches, index of the transformer block)."),
@@ -348,7 +345,7 @@ class InvertWithAttentionCapture(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, latent, steps=10, edit_step=5, scheduler=DEFAULT_SCHEDULER, cfg=1.0, layers="latent resolution",
+    def execute(cls, model, latent, steps=10, edit_step=5, scheduler=DEFAULT_SCHEDULER, cfg=1.0, layers=AUTO,
                 custom_layers="", capture_steps="all", capture_values=False, positive=None, negative=None, points=None,
                 kv_layers=KV_SAME, custom_kv_layers="", capture_precision=PRECISION_INT8):
         out, cap = run_inversion(model, latent, steps, edit_step, scheduler, cfg, positive, negative,

@@ -19,24 +19,11 @@ from ..guidance.pni_modes import DEFAULT_QUANTILE, LAMBDA_MODES, PROX_MODES
 from ..guidance.ddim_inversion import ddim_invert
 from .types import CATEGORY_VERSAFUSION, InversionType
 from ..attention_patch import comfy_host as host
+from .architecture import SUPPORTED, check_model
 
 INVERT = "PNI Invert"
 GUIDER = "PNI Guider"
 DEFAULT_SCHEDULER = "ddim_uniform"
-
-
-def check_eps_model(model, node: str):
-    """PNI's DDIM math needs an epsilon-prediction model in sigma space (SD1.5 family, LCM included)."""
-    ms = model.get_model_object("model_sampling")
-    wrong = (host.V_PREDICTION, host.X0, host.CONST)
-    if not isinstance(ms, host.EPS) or isinstance(ms, wrong):
-        raise input_error(node, "model", f"needs an epsilon-prediction model of the SD1.5 family; this one samples "
-                                         f"with {type(ms).__name__} (v-prediction, x0 and flow models are not supported)")
-    config = getattr(getattr(model, "model", None), "model_config", None)
-    if not isinstance(config, host.SD15):
-        raise input_error(node, "model", f"needs a model of the SD1.5 family (SD1.5, its fine-tunes, LCM); this one is "
-                                         f"{type(config).__name__} (SD2, SDXL and other families are not supported)")
-    return ms
 
 
 def schedule(model, scheduler: str, steps: int, node: str = INVERT) -> torch.Tensor:
@@ -105,7 +92,7 @@ class PNIInvert(io.ComfyNode):
                          "settings in an INVERSION for PNI Guider / the dual-branch sampler. Sample the z_T output with "
                          "SamplerCustomAdvanced + DisableNoise + an euler or ddim sampler + the sigmas output."),
             inputs=[
-                io.Model.Input("model", tooltip="An epsilon-prediction SD1.5-family model (LCM included)."),
+                io.Model.Input("model", tooltip=f"The diffusion model. Supported: {SUPPORTED}."),
                 io.Latent.Input("latent", tooltip="The VAE-encoded source image to invert."),
                 io.Conditioning.Input("source", tooltip="The source prompt C describing the image: used for the inversion "
                                                         "and, at sampling time, as the negative prompt."),
@@ -185,7 +172,7 @@ class PNIInvert(io.ComfyNode):
             raise input_error(INVERT, "latent", "holds NaN or inf")
         if not isinstance(source, list) or len(source) == 0:
             raise input_error(INVERT, "source", "expected a non-empty CONDITIONING (CLIP Text Encode of the source prompt)")
-        check_eps_model(model, INVERT)
+        check_model(model, INVERT)
         sigmas = schedule(model, scheduler, steps)
         if guidance_until >= steps:  # "every step", also when the scheduler made one more
             guidance_until = len(sigmas) - 1
@@ -286,7 +273,7 @@ class PNIGuider(io.ComfyNode):
         inversion.validate(GUIDER, "inversion")
         if not isinstance(target, list) or len(target) == 0:
             raise input_error(GUIDER, "target", "expected a non-empty CONDITIONING (CLIP Text Encode of the target prompt)")
-        check_eps_model(model, GUIDER)
+        check_model(model, GUIDER)
         guider = PNIGuiderImpl(model, inversion)
         guider.set_target(target)
         return io.NodeOutput(guider)

@@ -44,7 +44,7 @@ def _attentiondrag_front() -> list:
         {"id": 5, "type": "ConditioningZeroOut", "pos": [400, 300], "links": {"conditioning": [4, 0]}},
         {"id": 6, "type": "VAEEncode", "pos": [400, 450], "links": {"pixels": [3, 0], "vae": [1, 2]}},
         {"id": 7, "type": "DragFusionInvertCapture", "pos": [750, 100],
-         "widgets": {"steps": 10, "edit_step": 5, "scheduler": "simple", "cfg": 1.0, "layers": "latent resolution",
+         "widgets": {"steps": 10, "edit_step": 5, "scheduler": "simple", "cfg": 1.0, "layers": "auto",
                      "capture_values": True},
          "links": {"model": [2, 0], "latent": [6, 0], "positive": [4, 0]}},
     ]

@@ -253,8 +253,8 @@ def test_bad_inputs_raise_value_errors_naming_node_and_input(tiny):
     for kw, msg in cases:
         with pytest.raises(ValueError, match="Inversion with Attention Capture: " + msg):
             run(model, lat, **{"steps": 10, "edit_step": 5, **kw})
-    vpred = adv.ModelSamplingDiscrete().patch(model, "v_prediction", False)[0]
-    with pytest.raises(ValueError, match="input 'model'.*SD1.5-family"):
+    vpred = adv.ModelSamplingDiscrete().patch(model, "x0", False)[0]    # v-prediction is supported since [sdxl]
+    with pytest.raises(ValueError, match="input 'model': this model is not supported .*x0 prediction.*supported are SD1.5, SD2.x"):
         run(vpred, lat)
     with pytest.raises(ValueError, match="input 'latent'"):
         run(model, {"samples": torch.zeros(1, 16, 8, 8)})

@@ -208,8 +208,8 @@ def test_bad_inputs_are_value_errors_naming_node_and_input(kit, base):
             invert(kit, **kw)
         assert text in str(e.value)
     from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
-    vpred = ModelSamplingDiscrete().patch(kit["model"], "v_prediction", False)[0]
-    with pytest.raises(ValueError, match="PNI Invert: input 'model'"):
+    vpred = ModelSamplingDiscrete().patch(kit["model"], "x0", False)[0]    # v-prediction is supported since [sdxl]
+    with pytest.raises(ValueError, match="PNI Invert: input 'model': this model is not supported"):
         invert(kit, model=vpred)
     with pytest.raises(ValueError, match="PNI Guider: input 'inversion'"):
         pni_guider(kit, "not an inversion", kit["tar"])

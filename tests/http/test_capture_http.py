@@ -32,7 +32,7 @@ def test_node_is_listed_with_its_inputs(server):
     req = info["input"]["required"]
     assert req["steps"][1]["default"] == 10 and req["edit_step"][1]["default"] == 5 and req["cfg"][1]["default"] == 1.0
     assert "normal" in req["scheduler"][1]["options"] and req["scheduler"][1]["default"] == "simple"
-    assert req["layers"][1]["default"] == "latent resolution"
+    assert req["layers"][1]["default"] == "auto"
     assert info["input"]["optional"]["points"][0] == "DRAG_POINTS"
 
 

@@ -1,25 +1,18 @@
-"""Tiny non-SD1.5 checkpoints (SD2-like, SDXL-like) built from ComfyUI's own classes, for the
-"this model is not supported" cases. UNet + TAESD VAE only (no text encoder: ComfyUI loads a
+"""A tiny checkpoint of a family variant the pack does not support, built from ComfyUI's own classes, for
+the "this model is not supported" cases: an SD1.5 inpainting UNet (9 input channels; SD1.5, SD2.x and
+SDXL themselves are supported since [sdxl]). UNet + TAESD VAE only (no text encoder: ComfyUI loads a
 checkpoint without one). Written into the host's models/checkpoints as dragfusion_test_*."""
 import os
 
 import harness
 
-SD2_NAME = f"dragfusion_test_{os.getpid()}_tiny_sd2.safetensors"
-SDXL_NAME = f"dragfusion_test_{os.getpid()}_tiny_sdxl.safetensors"
+INPAINT_NAME = f"dragfusion_test_{os.getpid()}_tiny_sd15_inpaint.safetensors"
 
-BASE = dict(image_size=32, in_channels=4, model_channels=320, out_channels=4, use_spatial_transformer=True,
-            legacy=False)
-# SD2.x: context 1024, linear proj_in/out, 64-channel heads; one level, no middle block.
-SD2 = dict(BASE, num_res_blocks=[1], channel_mult=[1], num_head_channels=64, transformer_depth=[1],
-           transformer_depth_output=[1, 1], context_dim=1024, use_linear_in_transformer=True,
-           transformer_depth_middle=-2)
-# SDXL family (Segmind Vega's detection keys: depth [0, 0, 1, 1, 2, 2], context 2048, adm 2816),
-# all three levels at 320 channels so it stays small.
-SDXL = dict(BASE, num_res_blocks=[2, 2, 2], channel_mult=[1, 1, 1], num_head_channels=64,
-            transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
-            context_dim=2048, use_linear_in_transformer=True, transformer_depth_middle=-2,
-            num_classes="sequential", adm_in_channels=2816)
+# SD1.5 layout of the tiny test checkpoint with the inpainting UNet's 9 input channels (latent, mask, masked latent)
+INPAINT = dict(image_size=32, in_channels=9, model_channels=320, out_channels=4, use_spatial_transformer=True,
+               legacy=False, num_res_blocks=[1], channel_mult=[1], num_heads=8, transformer_depth=[1],
+               transformer_depth_output=[1, 1], context_dim=768, use_linear_in_transformer=False,
+               transformer_depth_middle=-2)
 
 
 def _init(module, torch):
@@ -53,7 +46,7 @@ def build(config: dict) -> dict:
 def write_all(directory: str) -> list:
     from safetensors.torch import save_file
     paths = []
-    for name, cfg in ((SD2_NAME, SD2), (SDXL_NAME, SDXL)):
+    for name, cfg in ((INPAINT_NAME, INPAINT),):
         path = os.path.join(directory, name)
         if not os.path.exists(path):
             save_file(build(cfg), path + ".tmp", metadata={"format": "pt"})

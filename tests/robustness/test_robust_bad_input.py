@@ -150,9 +150,8 @@ CASES = {
     # --- Inversion with Attention Capture ------------------------------------------------------------
     "edit_step_outside_schedule": (lambda: set_in(edit(), "9", edit_step=2), "9", "DragFusionInvertCapture", "edit_step"),
     "inversion_points_other_image": (lambda: set_in(points_on_128(edit()), "9", points=["40", 0]), "9", "DragFusionInvertCapture", "points"),
-    "model_sd2_like": (lambda: other_model(edit(), robust_models.SD2_NAME), "9", "DragFusionInvertCapture", "model"),
-    "model_sdxl_like": (lambda: other_model(edit(), robust_models.SDXL_NAME), "9", "DragFusionInvertCapture", "model"),
-    "model_v_prediction": (lambda: set_in(edit(), "2", sampling="v_prediction"), "9", "DragFusionInvertCapture", "model"),
+    "model_inpaint_unet": (lambda: other_model(edit(), robust_models.INPAINT_NAME), "9", "DragFusionInvertCapture", "model"),
+    "model_x0_prediction": (lambda: set_in(edit(), "2", sampling="x0"), "9", "DragFusionInvertCapture", "model"),
     "unknown_custom_layer": (lambda: set_in(edit(), "9", layers="custom", custom_layers="nope.1.0"), "9", "DragFusionInvertCapture", "custom_layers"),
     "capture_step_outside": (lambda: set_in(edit(), "9", capture_steps="5"), "9", "DragFusionInvertCapture", "capture_steps"),
     "latent_16_channels": (lambda: set_in(add(edit(), "42", "EmptySD3LatentImage", width=64, height=64, batch_size=1),
@@ -190,17 +189,16 @@ CASES = {
     "pni_lambda_negative": (lambda: pni(lam=-1.0), "30", "DragFusionPNIInvert", "lam"),
     "pni_all_zero_latent": (lambda: set_in(add(pni(), "42", "EmptyLatentImage", width=64, height=64, batch_size=1),
                                            "30", latent=["42", 0]), "30", "DragFusionPNIInvert", "latent"),
-    "pni_model_v_prediction": (lambda: pni_model(pni(), "30", sampling="v_prediction"), "30", "DragFusionPNIInvert", "model"),
-    "pni_model_sd2_like": (lambda: pni_model(pni(), "30", ckpt=robust_models.SD2_NAME), "30", "DragFusionPNIInvert", "model"),
-    "pni_model_sdxl_like": (lambda: pni_model(pni(), "30", ckpt=robust_models.SDXL_NAME), "30", "DragFusionPNIInvert", "model"),
-    "pni_guider_model_v_prediction": (lambda: pni_model(pni(), "31", sampling="v_prediction"), "31", "DragFusionPNIGuider", "model"),
+    "pni_model_x0_prediction": (lambda: pni_model(pni(), "30", sampling="x0"), "30", "DragFusionPNIInvert", "model"),
+    "pni_model_inpaint_unet": (lambda: pni_model(pni(), "30", ckpt=robust_models.INPAINT_NAME), "30", "DragFusionPNIInvert", "model"),
+    "pni_guider_model_x0_prediction": (lambda: pni_model(pni(), "31", sampling="x0"), "31", "DragFusionPNIGuider", "model"),
     "pni_guider_other_schedule": (lambda: set_in(add(pni(), "45", "BasicScheduler", model=["1", 0], scheduler="normal", steps=3, denoise=1.0),
                                                  "34", sigmas=["45", 0]), "34", "DragFusionPNIGuider", "inversion"),
     # --- Dual-Branch Guider ----------------------------------------------------------------------------------
     "dual_drag_without_points": (lambda: dual(points=None), "31", "DragFusionDualBranchGuider", "points"),
     "dual_move_without_mask": (lambda: dual(task="move"), "31", "DragFusionDualBranchGuider", "mask"),
     "dual_outpaint_without_padding": (lambda: dual(task="outpaint"), "31", "DragFusionDualBranchGuider", "pad_left"),
-    "dual_model_sdxl_like": (lambda: pni_model(dual(), "31", ckpt=robust_models.SDXL_NAME), "31", "DragFusionDualBranchGuider", "model"),
+    "dual_model_inpaint_unet": (lambda: pni_model(dual(), "31", ckpt=robust_models.INPAINT_NAME), "31", "DragFusionDualBranchGuider", "model"),
     # --- Apply Image Prompt (the weights-file cases run in-process: test_robust_safety.py) ----------------------
     "gamma_out_of_range": (lambda: image_prompt(rc.GOOD_IP, gamma=20.0), "65", "DragFusionApplyImagePrompt", "gamma"),
     # --- combo values that are not among the options: ComfyUI 0.3.75 does not check V3 combos itself ----------
