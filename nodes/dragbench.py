@@ -23,7 +23,7 @@ FORMATS = {
 PACK_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 BUNDLED_PREFIX = "dragfusion_data"
 SIZES = ("original", "fit 512 (multiple of 8)", "fit 768 (multiple of 8)", "fit 256 (multiple of 8)",
-         "fit 128 (multiple of 8)")
+         "fit 128 (multiple of 8)", "fit 1024 (multiple of 8)")    # 768: SD2.x-768, 1024: SDXL
 
 
 def safe_sample_dir(sample: str, base: str) -> str:

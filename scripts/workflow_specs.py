@@ -270,6 +270,57 @@ SPECS["dual_branch_outpaint.json"] = (_dual_branch("outpaint", {"pad_left": 64, 
     "is preserved through the energy's shared term and KV replacement, the new area is drawn to match it." + DUAL_BRANCH_NOTE])
 
 
+# [sdxl]: the same nodes on SDXL and SD2.x (the family is read from the model). One example per architecture:
+# AttentionDrag on SDXL (1024 px, SDXL's own prompt encoder with its size conditioning, SDXL's LCM-LoRA bypassed),
+# the dual-branch drag on SD2.x-768 (768 px; ComfyUI reads v-prediction from the real checkpoint).
+SDXL_LORA_FILE = "lcm-lora-sdxl.safetensors"
+
+
+def _for_sdxl(spec: list) -> list:
+    """An AttentionDrag spec on the tiny SDXL checkpoint (pick yours), SDXL's LCM-LoRA, the sample at 1024 px and
+    CLIPTextEncodeSDXL (pooled output + size / crop conditioning) for the prompt."""
+    out = json.loads(json.dumps(spec))
+    for n in out:
+        if n["type"] == "CheckpointLoaderSimple":
+            n["widgets"]["ckpt_name"] = "dragfusion_tiny_sdxl.safetensors"
+        elif n["id"] == LCM_LORA_NODE:
+            n["widgets"]["lora_name"] = SDXL_LORA_FILE
+            n["title"] = "LCM-LoRA for SDXL (bypassed; Ctrl+B to use it)"
+        elif n["type"] == "DragFusionLoadDragBenchSample":
+            n["widgets"]["size"] = "fit 1024 (multiple of 8)"
+        elif n["type"] == "CLIPTextEncode":
+            n["type"] = "CLIPTextEncodeSDXL"
+            n["widgets"] = {"width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0, "target_width": 1024,
+                            "target_height": 1024}
+            n["links"] = {"clip": n["links"]["clip"], "text_g": n["links"]["text"], "text_l": n["links"]["text"]}
+    return out
+
+
+def _for_sd2(spec: list) -> list:
+    out = json.loads(json.dumps(spec))
+    for n in out:
+        if n["type"] == "CheckpointLoaderSimple":
+            n["widgets"]["ckpt_name"] = "dragfusion_tiny_sd2.safetensors"
+        elif n["type"] == "DragFusionLoadDragBenchSample":
+            n["widgets"]["size"] = "fit 768 (multiple of 8)"
+    return out
+
+
+SPECS["attention_drag_sdxl.json"] = (_for_sdxl(ATTENTION_DRAG), [
+    "AttentionDrag on SDXL: the attention_drag example with an SDXL-family checkpoint (SDXL, SSD-1B, Vega, KOALA or a "
+    "fine-tune; the pack reads the family from the model). SDXL has no self-attention on the latent grid: the capture "
+    "preset 'auto' records the decoder's layers on the finest attention grid, latent / 2 (15.7 MB per step at "
+    "1024x1024), and the edit mask and movement are computed on the latent grid from their rows. The prompt goes "
+    "through CLIPTextEncodeSDXL (pooled output and size conditioning). For the LCM schedule put SDXL's LCM-LoRA, "
+    "lcm-lora-sdxl.safetensors, in models/loras and un-bypass its node (Ctrl+B). The sample is scaled to 1024 px."])
+SPECS["dual_branch_drag_sd2.json"] = (_for_sd2(_dual_branch("drag", {}, {"points": [2, 1], "mask": [2, 2]},
+                                                            "dragfusion_dual_branch_drag_sd2")), [
+    "VersaFusion dual-branch drag on SD2.x: the dual_branch_drag example with an SD2.x checkpoint (SD2.1-768 "
+    "v-prediction or SD2.x-512 epsilon; ComfyUI reads which from the file, and the pack's DDIM inversion and guidance "
+    "work on ComfyUI's denoised prediction, so both run unchanged). The sample is scaled to 768 px."
+    + DUAL_BRANCH_NOTE.replace(" Use an SD1.5-family checkpoint.", "")])
+
+
 # The other dual-branch tasks (issue 19.7): resize, appearance, paste, style, face landmarks. Drag100 samples (data/drag100,
 # Apache-2.0, 512x512 like the corgi, so image and reference load at the same size): cat_8 (a kitten, mask = its head),
 # nature_4 (a snowy field) and car_0 (a car, mask = the car), art_0 (a Van Gogh wheat field), face_0 (a man's face).

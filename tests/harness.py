@@ -178,13 +178,13 @@ class Server:
 
 
 def cheap_prompt(prompt: dict, pni_steps: int = 6) -> dict:
-    """An API-format example prompt made cheap for CI: the tiny checkpoint, DragBench samples at
+    """An API-format example prompt made cheap for CI: the tiny checkpoint (of the workflow's family), DragBench samples at
     128 px, PNI / dual-branch schedules of at most ``pni_steps`` steps (PNI's guidance_until capped
     with it). Changes ``prompt`` in place and returns it."""
     for node in prompt.values():
         ins = node["inputs"]
-        if "ckpt_name" in ins and not isinstance(ins["ckpt_name"], list):
-            ins["ckpt_name"] = TINY_CKPT
+        if "ckpt_name" in ins and not isinstance(ins["ckpt_name"], list) and ins["ckpt_name"] not in TINY_CKPTS.values():
+            ins["ckpt_name"] = TINY_CKPT      # a workflow for SD2.x / SDXL names that family's tiny checkpoint already
         if node["class_type"] == "DragFusionLoadDragBenchSample":
             ins["size"] = "fit 128 (multiple of 8)"
         if node["class_type"] == "DragFusionPNIInvert" and isinstance(ins.get("steps"), int):

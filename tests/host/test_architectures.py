@@ -99,6 +99,9 @@ def test_presets_read_the_grids_the_architecture_has(arch):
     assert set(auto.layer_hw.values()) == {grid}
     for (_, layer), q in auto.q.items():
         assert q.shape[-2] == grid[0] * grid[1], (layer, q.shape)
+    import capture_layout   # the bench's byte count (bench/capture_layout.py) holds for this layout too
+    table, _ = capture_layout.layer_table(model.model.diffusion_model, (SIZE // 8, SIZE // 8))
+    assert auto.nbytes_per_step(0) == capture_layout.step_bytes(table, auto.layers)
     kv = run(capture_values=True, kv_layers="decoder, two finest levels")
     lo = min(levels)
     assert set(kv.kv_layers) == {k for k, lv in available if lv <= lo + 1 and k.startswith("output.")}
