@@ -166,7 +166,7 @@ class ApplyImagePrompt(io.ComfyNode):
                          "image tokens, uncond rows the black-image tokens. The model passed in is not changed; chain "
                          "two of these nodes to add two image prompts."),
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.5-family model to patch (a patched copy is returned)."),
+                io.Model.Input("model", tooltip="The model to patch (a patched copy is returned); the image-prompt file must match its cross-attention widths (the SD1.5 layout is the one tested)."),
                 ImagePromptType.Input("image_prompt", tooltip="From Image Prompt Encoder."),
                 io.Float.Input("gamma", default=1.0, min=0.0, max=10.0, step=0.05,
                                tooltip="Weight of the image term in Eq. 11; 0 leaves the model's output unchanged. "
