@@ -234,6 +234,7 @@ export class LiveRunner {
       const targets = this.targets(p.output);
       if (!targets.length) {
         this.canvas.setLiveStatus("live: no preview node downstream of the canvas shows a result");
+        this.canvas.liveFailed();
         return;
       }
       await this.connect();
@@ -246,6 +247,7 @@ export class LiveRunner {
       };
     } catch (e) {
       this.canvas.setLiveStatus(`live: could not build the prompt: ${e?.message ?? e}`, true);
+      this.canvas.liveFailed();
       this.stats.errors += 1;
       return;
     }
@@ -255,6 +257,7 @@ export class LiveRunner {
       out = await res.json();
     } catch (e) {
       this.canvas.setLiveStatus(`live: the server did not take the prompt: ${e?.message ?? e}`, true);
+      this.canvas.liveFailed();
       this.stats.errors += 1;
       return;
     }
@@ -262,6 +265,7 @@ export class LiveRunner {
       const nodeErr = Object.values(out?.node_errors ?? {})[0];
       const why = nodeErr?.errors?.[0]?.details || nodeErr?.errors?.[0]?.message || out?.error?.message || `HTTP ${res.status}`;
       this.canvas.setLiveStatus(`live: the workflow was rejected: ${why}`, true);
+      this.canvas.liveFailed();
       this.stats.errors += 1;
       return;
     }

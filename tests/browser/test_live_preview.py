@@ -220,6 +220,17 @@ def test_cancel_and_errors_leave_the_canvas_usable(chromium, which):
     p2 = wait_result(pg, {p0, p1})
     assert live_state(pg)["pairs"] == [[list(h), list(t)]]
     assert p2 not in (p0, p1)
+
+    # A prompt the server rejects at validation (the inversion's photo missing): said in the status line, no result.
+    photo = pg.widget(PHOTO, "image")
+    pg.set_widget(PHOTO, "image", "dragfusion_no_such_photo.png")
+    drag_point(pg, t, (t[0] - 6, t[1] + 6))
+    pg.page.wait_for_function("(id) => /rejected/.test(window.app.graph.getNodeById(id).dragfusion.liveStatus)",
+                              arg=CANVAS, timeout=60000)
+    assert live_state(pg)["overlay"]["prompt"] == p2 and live_state(pg)["warp"] is False
+    pg.set_widget(PHOTO, "image", photo)
+    drag_point(pg, (t[0] - 6, t[1] + 6), (t[0] - 9, t[1] + 6))
+    wait_result(pg, {p0, p1, p2})
     assert not [c for c in pg.console if "pageerror" in c and "dragfusion" in c.lower()], pg.console
     toggle_live(pg)
 
