@@ -249,8 +249,15 @@ def test_pni_and_dual_branch_nodes_run(host, name, v_prediction):
     out = harness.call_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
                             latent_image=z_t)[0]
     assert torch.isfinite(out["samples"]).all()
-    for task, extra in (("drag", dict(points=_points(), mask=_user_mask())), ("move", dict(mask=_user_mask(), offset_x=16.0))):
+    tasks = [("drag", dict(points=_points(), mask=_user_mask())), ("move", dict(mask=_user_mask(), offset_x=16.0))]
+    if arch == "sdxl":   # the reference branch and the padded canvas carry SDXL's added conditioning too
+        ref = run("DragFusionPNIInvert", model=model, latent=image_latent(arch, seed=2), source=src, **inv_kw).result[0]
+        tasks += [("appearance", dict(mask=_user_mask(), reference=ref, reference_mask=_user_mask())),
+                  ("outpaint", dict(pad_left=16))]
+    for task, extra in tasks:
         kw = dict(node_defaults(nodes, "DragFusionDualBranchGuidedSampler"), task=task, sampler_name="euler", **extra)
         (res,) = run("DragFusionDualBranchGuidedSampler", model=model, inversion=inv, target=src, **kw).result
-        assert res["samples"].shape == lat["samples"].shape and torch.isfinite(res["samples"]).all(), task
+        want = list(lat["samples"].shape)
+        want[-1] += extra.get("pad_left", 0) // 8
+        assert list(res["samples"].shape) == want and torch.isfinite(res["samples"]).all(), task
     assert model_state(model) == before
