@@ -133,6 +133,7 @@ export class LiveRunner {
     this.prompts = new Map(); // prompt_id -> {gen, t0, state: "queued"|"running"|"done"|"error"|"cancelled", best}
     this.running = null;      // prompt id the server says is executing
     this.stats = { queued: 0, cancelled: 0, results: 0, errors: 0, stale: 0 };
+    this.early = new Map();   // prompt_id -> events that came before POST /prompt answered (replayed then)
     this.clientId = `dragfusion-live-${Math.random().toString(36).slice(2)}${Date.now().toString(36)}`;
     this.socket = null;
   }
@@ -272,15 +273,27 @@ export class LiveRunner {
     this.stats.queued += 1;
     this.prompts.set(out.prompt_id, { gen, t0: performance.now(), state: "queued", best: -1, cached: 0 });
     while (this.prompts.size > 50) this.prompts.delete(this.prompts.keys().next().value);
+    if (gen === this.gen) this.canvas.setLiveStatus("live: queued");
+    // The server may start (even finish) the prompt before its answer reaches us: replay what came meanwhile.
+    const early = this.early.get(out.prompt_id) ?? [];
+    this.early.delete(out.prompt_id);
+    for (const [type, d] of early) this.handleEvent(type, d);
     if (gen !== this.gen) this.cancelOlder();
-    else this.canvas.setLiveStatus("live: queued");
   }
 
   handleEvent(type, d) {
     const id = d?.prompt_id;
     const p = id && this.prompts.get(id);
     if (type === "execution_start") this.running = id ?? null;
-    if (!p) return;
+    if (!p) {
+      // Every prompt on this socket is a live one: keep its events until POST /prompt has answered.
+      if (id) {
+        if (!this.early.has(id)) this.early.set(id, []);
+        this.early.get(id).push([type, d]);
+        while (this.early.size > 20) this.early.delete(this.early.keys().next().value);
+      }
+      return;
+    }
     const current = p.gen === this.gen;
     if (type === "executed") {
       this.canvas.handleExecuted(d);
