@@ -96,8 +96,9 @@ def drag_point(pg, src, dst, steps=8):
     pg.drag_image(CANVAS, src, dst, steps)
 
 
-def toggle_live(pg):
-    pg.page.locator("button[data-dragfusion='live']").first.click()
+def toggle_live(pg, nid=CANVAS):
+    """A real click on this node's Live button (not any canvas's: a page may hold others)."""
+    pg.page.evaluate_handle("(id) => window.app.graph.getNodeById(id).dragfusion.btnLive", nid).as_element().click()
 
 
 def start_live(chromium, which):
@@ -250,7 +251,8 @@ def test_drag_preview_is_drawn_within_100_ms(chromium, which):
     pg.wait_image(nid)
     pg.click_image(nid, 331, 179)
     pg.click_image(nid, 217, 177)
-    pg.page.locator("button[data-dragfusion='live']").first.click()
+    toggle_live(pg, nid)
+    assert pg.js("(id) => window.app.graph.getNodeById(id).dragfusion.liveOn", nid) is True
     x0, y0 = pg.image_to_client(nid, 217, 177)
     x1, y1 = pg.image_to_client(nid, 180, 230)
     m = pg.page.mouse
@@ -258,6 +260,7 @@ def test_drag_preview_is_drawn_within_100_ms(chromium, which):
     m.down()
     m.move(x1, y1, steps=30)
     during = pg.js("""(id) => { const d = window.app.graph.getNodeById(id).dragfusion, wp = d.warpPreview;
+        if (!wp) return {warp: false, liveOn: d.liveOn, drag: d.drag, pairs: d.pairs};
         const k = wp.k, at = (data, x, y) => { const i = (Math.round(y * k) * wp.w + Math.round(x * k)) * 4;
             return [data[i], data[i + 1], data[i + 2]]; };
         const p = d.pairs[0];
@@ -267,7 +270,7 @@ def test_drag_preview_is_drawn_within_100_ms(chromium, which):
     m.up()
     pg.page.wait_for_timeout(300)
     lat = pg.js("(id) => window.app.graph.getNodeById(id).dragfusion.warpLatency", nid)
-    pg.page.locator("button[data-dragfusion='live']").first.click()
+    toggle_live(pg, nid)
     assert during["warp"], during
     # The handle's pixel is drawn at the target (the warp moves the content, it does not only draw arrows).
     assert max(abs(a - b) for a, b in zip(during["target"], during["handle"])) <= 12, during
