@@ -35,7 +35,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel
 
 __all__ = [
     "COMFYUI_VERSION", "SpatialTransformer", "Downsample", "UNetModel", "Upsample",
-    "EPS", "V_PREDICTION", "X0", "CONST", "ModelSamplingDiscrete", "SD15", "model_family", "FAMILIES",
+    "EPS", "V_PREDICTION", "X0", "CONST", "ModelSamplingDiscrete", "SD15", "model_family",
     "intermediate_device", "torch_device", "throw_if_interrupted",
     "ProgressBar", "progress_bar_enabled", "load_safetensors",
     "CFGGuider", "KSAMPLER", "SAMPLER_NAMES", "SCHEDULER_NAMES", "sampler_object", "calculate_sigmas",
@@ -63,9 +63,6 @@ X0 = _ms.X0
 CONST = _ms.CONST
 ModelSamplingDiscrete = _ms.ModelSamplingDiscrete
 SD15 = _supported.SD15
-
-FAMILIES = ("SD1.5", "SD2.x", "SDXL")
-
 
 def model_family(model) -> str | None:
     """The model's family, read off the classes ComfyUI chose when it detected the UNet from its weights

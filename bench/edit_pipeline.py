@@ -35,10 +35,8 @@ class Edit:
 
 
 def core(nodes, name, **kw):
-    """A core (V1) node of the real host, under torch.inference_mode as the executor runs it."""
-    cls = nodes.NODE_CLASS_MAPPINGS[name]
-    with torch.inference_mode():
-        return getattr(cls(), cls.FUNCTION)(**kw)
+    """A core node of the real host, under torch.inference_mode as the executor runs it (harness.call_node)."""
+    return harness.call_node(name, **kw)
 
 
 def load_models(ckpt: str) -> Models:

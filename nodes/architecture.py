@@ -12,7 +12,7 @@ Where each architecture keeps its self-attention (levels = 2x downsamplings from
     SD1.5, SD2.x   levels 0, 1, 2 (latent grid, /2, /4); the encoder's deepest level has none
     SDXL           levels 1 and 2 only (latent /2 and /4); there is no attention on the latent grid
 
-so a preset names a grid relative to the finest grid that has attention (FINEST below).
+so a preset names a grid relative to the finest grid that has attention (finest_level below).
 """
 from __future__ import annotations
 

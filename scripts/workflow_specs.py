@@ -276,33 +276,30 @@ SPECS["dual_branch_outpaint.json"] = (_dual_branch("outpaint", {"pad_left": 64, 
 SDXL_LORA_FILE = "lcm-lora-sdxl.safetensors"
 
 
-def _for_sdxl(spec: list) -> list:
-    """An AttentionDrag spec on the tiny SDXL checkpoint (pick yours), SDXL's LCM-LoRA, the sample at 1024 px and
-    CLIPTextEncodeSDXL (pooled output + size / crop conditioning) for the prompt."""
+def _for_family(spec: list, ckpt: str, size: str) -> list:
+    """A copy of ``spec`` on another family's checkpoint (the set-up's tiny one: pick yours) and sample size."""
     out = json.loads(json.dumps(spec))
     for n in out:
         if n["type"] == "CheckpointLoaderSimple":
-            n["widgets"]["ckpt_name"] = "dragfusion_tiny_sdxl.safetensors"
-        elif n["id"] == LCM_LORA_NODE:
+            n["widgets"]["ckpt_name"] = ckpt
+        elif n["type"] == "DragFusionLoadDragBenchSample":
+            n["widgets"]["size"] = size
+    return out
+
+
+def _for_sdxl(spec: list) -> list:
+    """An AttentionDrag spec on the tiny SDXL checkpoint, SDXL's LCM-LoRA, the sample at 1024 px and
+    CLIPTextEncodeSDXL (pooled output + size / crop conditioning) for the prompt."""
+    out = _for_family(spec, "dragfusion_tiny_sdxl.safetensors", "fit 1024 (multiple of 8)")
+    for n in out:
+        if n["id"] == LCM_LORA_NODE:
             n["widgets"]["lora_name"] = SDXL_LORA_FILE
             n["title"] = "LCM-LoRA for SDXL (bypassed; Ctrl+B to use it)"
-        elif n["type"] == "DragFusionLoadDragBenchSample":
-            n["widgets"]["size"] = "fit 1024 (multiple of 8)"
         elif n["type"] == "CLIPTextEncode":
             n["type"] = "CLIPTextEncodeSDXL"
             n["widgets"] = {"width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0, "target_width": 1024,
                             "target_height": 1024}
             n["links"] = {"clip": n["links"]["clip"], "text_g": n["links"]["text"], "text_l": n["links"]["text"]}
-    return out
-
-
-def _for_sd2(spec: list) -> list:
-    out = json.loads(json.dumps(spec))
-    for n in out:
-        if n["type"] == "CheckpointLoaderSimple":
-            n["widgets"]["ckpt_name"] = "dragfusion_tiny_sd2.safetensors"
-        elif n["type"] == "DragFusionLoadDragBenchSample":
-            n["widgets"]["size"] = "fit 768 (multiple of 8)"
     return out
 
 
@@ -313,8 +310,9 @@ SPECS["attention_drag_sdxl.json"] = (_for_sdxl(ATTENTION_DRAG), [
     "1024x1024), and the edit mask and movement are computed on the latent grid from their rows. The prompt goes "
     "through CLIPTextEncodeSDXL (pooled output and size conditioning). For the LCM schedule put SDXL's LCM-LoRA, "
     "lcm-lora-sdxl.safetensors, in models/loras and un-bypass its node (Ctrl+B). The sample is scaled to 1024 px."])
-SPECS["dual_branch_drag_sd2.json"] = (_for_sd2(_dual_branch("drag", {}, {"points": [2, 1], "mask": [2, 2]},
-                                                            "dragfusion_dual_branch_drag_sd2")), [
+DUAL_BRANCH_DRAG_SD2 = _for_family(_dual_branch("drag", {}, {"points": [2, 1], "mask": [2, 2]}, "dragfusion_dual_branch_drag_sd2"),
+                                   "dragfusion_tiny_sd2.safetensors", "fit 768 (multiple of 8)")
+SPECS["dual_branch_drag_sd2.json"] = (DUAL_BRANCH_DRAG_SD2, [
     "VersaFusion dual-branch drag on SD2.x: the dual_branch_drag example with an SD2.x checkpoint (SD2.1-768 "
     "v-prediction or SD2.x-512 epsilon; ComfyUI reads which from the file, and the pack's DDIM inversion and guidance "
     "work on ComfyUI's denoised prediction, so both run unchanged). The sample is scaled to 768 px."

@@ -83,6 +83,13 @@ def run_node(node_id: str, **inputs):
         return clone.EXECUTE_NORMALIZED(**inputs)
 
 
+def pack_module(suffix: str):
+    """A module of the pack as the host imported it (its package name is the custom_nodes path), e.g.
+    pack_module("nodes.inversion"): the classes the loaded nodes use."""
+    node_module = load_host().NODE_CLASS_MAPPINGS["DragFusionInvertCapture"].__module__   # "<pack>.nodes.inversion"
+    return sys.modules[node_module.rsplit(".nodes.", 1)[0] + "." + suffix]
+
+
 def pack_node_ids(nodes_module) -> list[str]:
     return sorted(k for k in nodes_module.NODE_CLASS_MAPPINGS if k.startswith(PACK_PREFIX))
 

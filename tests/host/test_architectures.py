@@ -13,6 +13,7 @@ What is checked against something other than the pack itself:
   checked against diffusers' DDIMInverseScheduler in tests/unit/test_ddim_inversion.py).
 """
 import math
+import os
 import sys
 
 import pytest
@@ -20,17 +21,11 @@ import torch
 
 import harness
 
-sys.path.insert(0, harness.os.path.join(harness.REPO, "bench"))
+sys.path.insert(0, os.path.join(harness.REPO, "bench"))
 from edit_pipeline import node_defaults  # noqa: E402
 
 FAMILY = {"sd15": "SD1.5", "sd2": "SD2.x", "sdxl": "SDXL"}
 SIZE = 128                       # pixels; latent 16 x 16, SDXL's finest attention grid 8 x 8
-
-
-def _pack(module: str):
-    """A module of the pack as the host loaded it."""
-    node_module = harness.load_host().NODE_CLASS_MAPPINGS["DragFusionInvertCapture"].__module__
-    return sys.modules[node_module.rsplit(".nodes.", 1)[0] + "." + module]
 
 
 @pytest.fixture(scope="module", params=["sd2", "sdxl"])
@@ -63,10 +58,10 @@ def model_state(model):
 def test_family_is_read_from_the_hosts_detection(host, name):
     import comfy.model_base
     model = harness.load_tiny_checkpoint(name)[0]
-    host_mod = _pack("attention_patch.comfy_host")
+    host_mod = harness.pack_module("attention_patch.comfy_host")
     assert host_mod.model_family(model) == FAMILY[name]
     assert isinstance(model.model, comfy.model_base.SDXL) == (name == "sdxl")
-    arch_mod = _pack("nodes.architecture")
+    arch_mod = harness.pack_module("nodes.architecture")
     assert arch_mod.check_model(model, "N") == FAMILY[name]
     assert arch_mod.check_model(harness.load_tiny_checkpoint(name, v_prediction=True)[0], "N") == FAMILY[name]
     (x0,) = harness.call_node("ModelSamplingDiscrete", model=model, sampling="x0", zsnr=False)
@@ -76,7 +71,7 @@ def test_family_is_read_from_the_hosts_detection(host, name):
 
 def test_presets_read_the_grids_the_architecture_has(arch):
     model, _, _ = harness.load_tiny_checkpoint(arch)
-    capture = _pack("attention_patch.capture")
+    capture = harness.pack_module("attention_patch.capture")
     available = capture.self_attention_layers(model.model.diffusion_model)
     levels = {lv for _, lv in available}
     lat = image_latent(arch)
@@ -111,7 +106,7 @@ def test_sdxl_capture_records_the_layers_own_q_and_k_with_the_added_conditioning
     """A real SDXL forward pass (its y: pooled text + size embedding, from the host's extra_conds): the
     recorded q and k of a latent/2 layer equal what that layer's to_q / to_k compute."""
     model, _, _ = harness.load_tiny_checkpoint("sdxl")
-    capture = _pack("attention_patch.capture")
+    capture = harness.pack_module("attention_patch.capture")
     pos = encode("sdxl", "a red car")
     assert pos[0][1]["pooled_output"].shape == (1, 1280)
     unet = model.model.diffusion_model
@@ -145,7 +140,7 @@ def test_sdxl_capture_records_the_layers_own_q_and_k_with_the_added_conditioning
 
 def test_sdxl_zero_conditioning_carries_a_pooled_output_and_the_image_size(host):
     model, _, _ = harness.load_tiny_checkpoint("sdxl")
-    inv = _pack("nodes.inversion")
+    inv = harness.pack_module("nodes.inversion")
     (c,) = inv.zero_conditioning(model, latent_hw=(16, 24))
     assert c[0].shape == (1, 77, 2048) and not c[0].any()
     assert c[1]["pooled_output"].shape == (1, 1280) and not c[1]["pooled_output"].any()
@@ -171,7 +166,7 @@ def test_v_prediction_inversion_equals_the_reference_on_the_raw_unet_output(host
     steps, edit_step = 6, 2
     out, cap = harness.run_node("DragFusionInvertCapture", model=model, latent=lat, steps=steps, edit_step=edit_step,
                                 positive=pos).result
-    ddim = _pack("guidance.ddim_inversion")
+    ddim = harness.pack_module("guidance.ddim_inversion")
     unet = model.model.diffusion_model
     sigma_min = float(ms.sigma_min)
 

@@ -21,10 +21,7 @@ def tiny(host):
 
 def _pack_modules():
     """The pack's capture and inversion modules as the host loaded them."""
-    import sys
-    node_module = harness.load_host().NODE_CLASS_MAPPINGS[NODE_ID].__module__  # "<pack>.nodes.inversion"
-    base = node_module.rsplit(".nodes.", 1)[0]
-    return sys.modules[base + ".attention_patch.capture"], sys.modules[node_module]
+    return harness.pack_module("attention_patch.capture"), harness.pack_module("nodes.inversion")
 
 
 def run(model, latent, **kw):

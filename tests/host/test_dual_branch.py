@@ -216,10 +216,8 @@ def test_face_landmarks_from_json(kit):
 def test_image_prompt_tokens_reach_the_generation_branch(kit):
     """With an IMAGE_PROMPT (source + reference tokens concatenated, Eq. 11) the paste edit runs and differs from
     the same edit without it (gamma > 0 changes the cond rows)."""
-    import sys
-    pack = host_module(harness.load_host()).__name__.rsplit(".nodes.", 1)[0]
-    ImagePrompt = sys.modules[pack + ".guidance.image_prompt_tokens"].ImagePrompt
-    layers = sys.modules[pack + ".attention_patch.image_prompt"].cross_attention_layers(kit["model"])
+    ImagePrompt = harness.pack_module("guidance.image_prompt_tokens").ImagePrompt
+    layers = harness.pack_module("attention_patch.image_prompt").cross_attention_layers(kit["model"])
     g = torch.Generator().manual_seed(0)
     kv = tuple((torch.randn(inner, ctx, generator=g) * 0.5, torch.randn(inner, ctx, generator=g) * 0.5)
                for _, inner, ctx in layers)
@@ -247,9 +245,7 @@ def test_image_prompt_tokens_reach_the_generation_branch(kit):
 def test_kv_replace_patch_against_naive_attention(host):
     """Generation rows read the guidance rows' K, V (replace) or their own plus those (concat); other rows
     are plain self-attention; kv_mask restricts the guidance tokens."""
-    import sys
-    pack = host_module(host).__name__.rsplit(".nodes.", 1)[0]
-    kvr = sys.modules[pack + ".attention_patch.kv_replace"]
+    kvr = harness.pack_module("attention_patch.kv_replace")
     torch.manual_seed(0)
     heads, d, n = 2, 4, 16                                     # 4x4 latent grid, 16 tokens
     q, k, v = (torch.randn(3, n, heads * d) for _ in range(3))  # rows: gud, gen_neg, gen_pos

@@ -1,7 +1,6 @@
 """Image Prompt Encoder / Apply Image Prompt in the real ComfyUI, on the tiny SD1.5 checkpoint."""
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -16,12 +15,6 @@ TINY_CLIP_VISION = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "qui
                     "num_channels": 3, "num_hidden_layers": 3, "patch_size": 14, "projection_dim": 16}
 
 
-def pack_module(host, suffix):
-    """The pack's module as the host imported it (its package name is the custom_nodes path)."""
-    node_module = host.NODE_CLASS_MAPPINGS[ENC].__module__
-    return sys.modules[node_module.rsplit(".nodes.", 1)[0] + "." + suffix]
-
-
 @pytest.fixture(scope="module")
 def unet(host):
     import comfy.sd
@@ -34,7 +27,7 @@ def unet(host):
 def weights_dir(host, tmp_path_factory):
     """A temporary folder registered as an extra dragfusion_image_prompt path; removed afterwards."""
     import folder_paths
-    folder = pack_module(host, "nodes.image_prompt").FOLDER
+    folder = harness.pack_module("nodes.image_prompt").FOLDER
     d = str(tmp_path_factory.mktemp("image_prompt_weights"))
     folder_paths.add_model_folder_path(folder, d)
     yield d
@@ -42,8 +35,8 @@ def weights_dir(host, tmp_path_factory):
 
 
 def write_weights(host, directory, name, layout="dragfusion", queries=16, seed=0, depth=2):
-    enc_mod = pack_module(host, "guidance.image_prompt_encoder")
-    w_mod = pack_module(host, "guidance.image_prompt_weights")
+    enc_mod = harness.pack_module("guidance.image_prompt_encoder")
+    w_mod = harness.pack_module("guidance.image_prompt_weights")
     torch.manual_seed(seed)
     cfg = enc_mod.EncoderConfig(clip_dim=CLIP_DIM, dim=64, depth=depth, heads=1, num_queries=queries, out_dim=OUT_DIM,
                                 kv_with_queries=(layout == "public"))
@@ -238,7 +231,7 @@ def test_bad_inputs_name_node_and_input(host, unet, weights_dir):
 
 def test_ipadapter_folder_is_listed(host, weights_dir):
     import folder_paths
-    mod = pack_module(host, "nodes.image_prompt")
+    mod = harness.pack_module("nodes.image_prompt")
     d = os.path.join(weights_dir, "ipadapter_models")
     os.makedirs(d, exist_ok=True)
     write_weights(host, d, "plus_sd15.safetensors", layout="public")

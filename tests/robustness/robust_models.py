@@ -3,29 +3,20 @@ the "this model is not supported" cases: an SD1.5 inpainting UNet (9 input chann
 SDXL themselves are supported since [sdxl]). UNet + TAESD VAE only (no text encoder: ComfyUI loads a
 checkpoint without one). Written into the host's models/checkpoints as dragfusion_test_*."""
 import os
+import sys
 
 import harness
+
+sys.path.insert(0, os.path.join(harness.REPO, "scripts"))
+import make_tiny_checkpoint  # noqa: E402
 
 INPAINT_NAME = f"dragfusion_test_{os.getpid()}_tiny_sd15_inpaint.safetensors"
 
 # SD1.5 layout of the tiny test checkpoint with the inpainting UNet's 9 input channels (latent, mask, masked latent)
-INPAINT = dict(image_size=32, in_channels=9, model_channels=320, out_channels=4, use_spatial_transformer=True,
-               legacy=False, num_res_blocks=[1], channel_mult=[1], num_heads=8, transformer_depth=[1],
-               transformer_depth_output=[1, 1], context_dim=768, use_linear_in_transformer=False,
-               transformer_depth_middle=-2)
-
-
-def _init(module, torch):
-    kinds = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.Embedding)
-    for m in module.modules():
-        for kind in kinds:
-            if isinstance(m, kind):
-                kind.reset_parameters(m)
-                break
+INPAINT = dict(make_tiny_checkpoint.UNET_CONFIG, in_channels=9)
 
 
 def build(config: dict) -> dict:
-    import sys
     if harness.COMFYUI_DIR not in sys.path:
         sys.path.insert(0, harness.COMFYUI_DIR)
     from comfy.cli_args import args
@@ -35,10 +26,10 @@ def build(config: dict) -> dict:
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     torch.manual_seed(0)
     unet = UNetModel(**config)
-    _init(unet, torch)
+    make_tiny_checkpoint.init_weights(unet, torch)
     sd = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
     vae = comfy.taesd.taesd.TAESD(latent_channels=4)
-    _init(vae, torch)
+    make_tiny_checkpoint.init_weights(vae, torch)
     sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
     return {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous() for k, v in sd.items()}
 
