@@ -1,8 +1,8 @@
 """Shared by the benchmarks: wall time side by side, peak memory, the table, JSON and a PNG chart.
 
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the peak resident-set size of this
-process while the measured function runs, minus the resident size just before it (sampled every
-5 ms in a thread).
+process (or of another one, ``pid``: a server) while the measured function runs, minus the resident size
+just before it (sampled every 5 ms in a thread).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 
 
 class PeakMemory:
-    def __init__(self, interval: float = 0.005):
-        self.interval = interval
-        self.cuda = torch.cuda.is_available()
+    def __init__(self, interval: float = 0.005, pid: int | None = None):
+        self.interval, self.pid = interval, pid
+        self.cuda = pid is None and torch.cuda.is_available()   # another process: its resident memory only
         self.peak_bytes = 0
 
     def __enter__(self):
@@ -27,14 +27,17 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
             return self
-        self.proc = psutil.Process(os.getpid())
+        self.proc = psutil.Process(self.pid or os.getpid())
         self.base = self.proc.memory_info().rss
         self.peak = self.base
         self.stop = threading.Event()
 
         def watch():
             while not self.stop.is_set():
-                self.peak = max(self.peak, self.proc.memory_info().rss)
+                try:
+                    self.peak = max(self.peak, self.proc.memory_info().rss)
+                except psutil.Error:    # the watched process ended
+                    return
                 time.sleep(self.interval)
 
         self.thread = threading.Thread(target=watch, daemon=True)
@@ -49,7 +52,10 @@ class PeakMemory:
         else:
             self.stop.set()
             self.thread.join()
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                pass
             self.peak_bytes = self.peak
             self.delta_bytes = self.peak - self.base
         return False

@@ -26,8 +26,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
-import time
 
 import numpy as np
 import psutil
@@ -40,38 +38,11 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.path.insert(0, HERE)
 import harness  # noqa: E402
 import workflows  # noqa: E402
-from _common import dump_rows, print_table  # noqa: E402
+from _common import PeakMemory, dump_rows, print_table  # noqa: E402
 
 SAMPLE_DIR = os.path.join(harness.DATA, "dragbench-dev", "animals", "JH_2023-09-14-1820-16")
 CANVAS, PHOTO, ENCODE, INVERT = "3", "19", "6", "7"
 MASK_NAME = "dragfusion_masks/dragfusion_sample_mask.png"
-
-
-class PeakRSS:
-    """Peak resident memory of one process (the server) while the block runs."""
-
-    def __init__(self, pid: int, interval: float = 0.005):
-        self.proc, self.interval, self.peak = psutil.Process(pid), interval, 0
-
-    def __enter__(self):
-        self.stop = threading.Event()
-        self.peak = self.proc.memory_info().rss
-
-        def watch():
-            while not self.stop.is_set():
-                try:
-                    self.peak = max(self.peak, self.proc.memory_info().rss)
-                except psutil.Error:
-                    return
-                time.sleep(self.interval)
-        self.thread = threading.Thread(target=watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        return False
 
 
 def live_targets(prompt: dict) -> list[str]:
@@ -147,7 +118,7 @@ class Bench:
             prompt[PHOTO]["inputs"]["image"] = photo
         targets = live_targets(prompt)
         cpu0 = psutil.Process(self.server.proc.pid).cpu_times()
-        with PeakRSS(self.server.proc.pid) as mem:
+        with PeakMemory(pid=self.server.proc.pid) as mem:
             r = self.server.post("/prompt", {"prompt": prompt, "client_id": "live-bench", "partial_execution_targets": targets})
             if "prompt_id" not in r:
                 raise SystemExit(f"prompt rejected: {json.dumps(r)[:2000]}")
