@@ -106,7 +106,7 @@ def main():
         qk_total += qk
         hw = cap.layer_hw[layer]
         print(f"| {layer:<34} | {hw[0]:>3}x{hw[1]:<3} | {heads:>4} x {dim:<4} | "
-              f"{stored.numel() * stored.element_size() / 1e6:14.2f} | {qk / 1e6:12.2f} |")
+              f"{stored.nbytes / 1e6:14.2f} | {qk / 1e6:12.2f} |")
     print(f"| {'total per captured step':<34} | {'':>7} | {'':>11} | {per_step / 1e6:14.2f} | {qk_total / 1e6:12.2f} |")
     print(f"| {'total, all ' + str(len(cap.steps)) + ' captured steps':<34} | {'':>7} | {'':>11} | "
           f"{len(cap.steps) * per_step / 1e6:14.2f} | {len(cap.steps) * qk_total / 1e6:12.2f} |")
@@ -115,7 +115,7 @@ def main():
     print()
     print(f"P1 {p1_min:.3f}x wall (min of {a.repeats}), {p1_med:.3f}x wall (median), {p1_cpu:.3f}x CPU time (min); "
           f"goal <= 1.10x: {'met' if min(p1_min, p1_cpu) <= 1.10 else 'NOT met'}")
-    print(f"bytes per captured step {per_step} ({per_step / 1e6:.2f} MB: the fp16 input of {len(cap.layers)} layers, "
+    print(f"bytes per captured step {per_step} ({per_step / 1e6:.2f} MB: the stored input of {len(cap.layers)} layers, int8 with a scale per channel, "
           f"from which q and k are projected; storing q and k would take {qk_total / 1e6:.2f} MB); "
           f"goal <= 12 MB: {'met' if per_step <= 12e6 else 'NOT met'}")
     if a.json:

@@ -64,6 +64,11 @@ class Int8Rows:
     def device(self) -> torch.device:
         return self.data.device
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the int8 data and the float32 scales (as ``torch.Tensor.nbytes`` for a plain tensor)."""
+        return self.data.nbytes + self.scale.nbytes
+
     def index_select(self, dim: int, index: torch.Tensor) -> "Int8Rows":
         if dim in (1, -2):
             return Int8Rows(self.data.index_select(1, index), self.scale)

@@ -105,6 +105,7 @@ def test_patched_unet_output_equals_unpatched_and_records_the_cond_half(tiny, ho
     else:
         stored = cap.q.inputs[(2, "input.1.0")]
         assert stored.data.dtype == torch.int8 and stored.scale.shape == (2, 1, 320)
+        assert stored.nbytes == stored.data.numel() + 4 * stored.scale.numel()     # 1 byte per element + fp32 scales
         w = cap.q.projections["input.1.0"].weight_t                               # [C, heads * dim]
         bound = (stored.scale / 2) @ w.abs()                                      # [2, 1, heads * dim]
         bound = bound.reshape(2, 1, 8, 40).permute(0, 2, 1, 3) + 1e-5
