@@ -123,7 +123,7 @@ def main():
         _common.dump_rows(a.json, [
             _common.row("P1", "inversion with capture / plain inversion (wall, median)", p1_med, 1.10,
                         seconds=rows["inversion + capture"][1], note=f"CPU-time ratio {p1_cpu:.3f}x"),
-            _common.row("P1m", f"capture bytes per step ({len(cap.layers)} layers, fp16 layer input; q+k {qk_total / 1e6:.2f} MB)", per_step / 1e6, 12.0,
+            _common.row("P1m", f"capture bytes per step ({len(cap.layers)} layers, int8 layer input; q+k {qk_total / 1e6:.2f} MB)", per_step / 1e6, 12.0,
                         unit=" MB"),
         ])
 
