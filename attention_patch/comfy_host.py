@@ -167,3 +167,9 @@ recursive_search = _folder_paths.recursive_search
 filter_files_content_types = _folder_paths.filter_files_content_types
 exists_annotated_filepath = _folder_paths.exists_annotated_filepath
 pillow = _node_helpers.pillow
+
+
+def sampler_function_name(sampler) -> str | None:
+    """The k-diffusion step function a SAMPLER runs ("sample_euler" for both "euler" and "ddim"), or None for a
+    sampler of another kind (uni_pc, a custom class)."""
+    return getattr(getattr(sampler, "sampler_function", None), "__name__", None)

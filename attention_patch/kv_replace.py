@@ -12,6 +12,9 @@ keys and values (row r of a generation chunk reads row r of the guidance chunk):
 ``kv_mask`` (latent grid) limits which guidance tokens are read (outpainting reads only the old canvas;
 appearance and paste only the image's background), ``kv_ref_mask`` which reference tokens (appearance and
 paste: only the reference object, as DragonDiffusion: the reference's background never bleeds in).
+A mask is resampled to each layer's token grid so that a small object keeps at least the cell it covers most; an
+empty mask, a grid no mask fits, or a batch that does not split into the call's branches raises a ValueError
+naming the node (never a silent fallback to every token or to plain attention).
 Outside a dual-branch call, or when the call turns KV off (steps past ``kv_until``), every row gets
 plain self-attention -- through comfy's ``optimized_attention`` (looked up at call time, so the
 user's attention backend is kept), or through an attn1 replace that was already on the layer.
@@ -48,6 +51,7 @@ class BranchCall:
     capture_at: dict = field(default_factory=dict)   # output-block id -> feature name (h entering that block)
     detach_from: int | None = None  # output blocks >= this id run without autograd history
     features: dict = field(default_factory=dict)
+    node: str = "Dual-Branch Guider"  # named by errors raised inside the UNet call
 
     def __deepcopy__(self, memo):   # travels inside transformer_options; never copy tensors
         return self
@@ -61,30 +65,86 @@ def select_layers(diffusion_model, which: str) -> list[str]:
     return [key for key, _level in self_attention_layers(diffusion_model) if key.split(".")[0] in keep]
 
 
-def token_mask(mask: torch.Tensor, latent_hw: tuple, tokens: int) -> torch.Tensor | None:
-    """The latent-grid mask on this layer's token grid (flattened bool), or None if no level fits."""
+def _coverage(mask: torch.Tensor, hw: tuple) -> torch.Tensor:
+    """The fraction of each cell of an (h, w) grid that ``mask`` (0/1 on its own grid) covers."""
+    m = (mask.float() > 0.5).float()[None, None]
+    if tuple(hw) == tuple(mask.shape):
+        return m[0, 0]
+    if hw[0] <= mask.shape[0] and hw[1] <= mask.shape[1]:
+        return F.adaptive_avg_pool2d(m, hw)[0, 0]
+    return F.interpolate(m, size=hw, mode="nearest")[0, 0]
+
+
+def connected_components(mask: torch.Tensor) -> torch.Tensor:
+    """4-connected components of a 0/1 [h, w] mask: an int label per cell (0 outside, 1.. inside)."""
+    on = mask > 0.5
+    n = on.numel()
+    labels = torch.where(on, torch.arange(1, n + 1, dtype=torch.float32).view(on.shape), torch.zeros(on.shape))
+    cross = torch.tensor([[0., 1., 0.], [1., 1., 1.], [0., 1., 0.]]) > 0
+    while True:   # propagate the largest label through each component
+        pad = F.pad(labels[None, None], (1, 1, 1, 1))[0, 0]
+        shifted = torch.stack([pad[i:i + on.shape[0], j:j + on.shape[1]] for i in range(3) for j in range(3)
+                               if cross[i, j]])
+        grown = torch.where(on, shifted.max(dim=0).values, labels)
+        if torch.equal(grown, labels):
+            return labels.long()
+        labels = grown
+
+
+def token_mask(mask: torch.Tensor, latent_hw: tuple, tokens: int) -> torch.Tensor:
+    """The mask on this layer's token grid (flattened bool).
+
+    A cell is in when the mask covers at least half of it; a part of the mask (a connected component) that
+    covers no cell that much keeps the cell it covers most, so a small object is never dropped at a coarse
+    grid. Raises ValueError when the mask is empty or no level of the latent grid has ``tokens`` tokens."""
+    if not bool((mask > 0.5).any()):
+        raise ValueError("the mask of tokens to read is empty")
     for level in range(8):
         h, w = grid_at_level(latent_hw, level)
         if h * w == tokens:
-            m = mask.float()[None, None]
-            if (h, w) != tuple(mask.shape):
-                m = F.adaptive_avg_pool2d(m, (h, w)) if h <= mask.shape[0] else F.interpolate(m, size=(h, w))
-            return (m[0, 0] >= 0.5).flatten()
+            sel = _coverage(mask, (h, w)) >= 0.5
+            labels = connected_components(mask.float().cpu())
+            for c in labels.unique()[1:]:
+                cov = _coverage((labels == c).float(), (h, w))
+                if not bool((sel & (cov > 0)).any()):
+                    sel = sel | (cov == cov.max())
+            return sel.flatten()
         if h * w < tokens:
             break
-    return None
+    raise ValueError(f"no level of the {latent_hw[1]}x{latent_hw[0]} latent grid has {tokens} tokens")
 
 
 def selected_tokens(call: BranchCall, which: str, tokens: int, device) -> torch.Tensor | None:
-    """Indices of the tokens ``call.<which>`` lets the generation rows read at this layer's grid, or None
-    (no mask, no grid of that size, or the mask is empty there: then every token). Cached in the call's
-    ``token_cache``, so a run resizes each mask once per grid and never syncs with the device per step."""
+    """Indices of the tokens ``call.<which>`` lets the generation rows read at this layer's grid; None when
+    there is no mask (every token). Cached in the call's ``token_cache``, so a run resizes each mask once per
+    grid and never syncs with the device per step. A mask that cannot be placed on the grid raises (naming
+    ``call.node``): never a silent fallback to every token."""
     mask = getattr(call, which)
+    if mask is None:
+        return None
     key = (which, id(mask), tokens, str(device))
     if key not in call.token_cache:
-        sel = None if mask is None else token_mask(mask, call.latent_hw, tokens)
-        call.token_cache[key] = None if sel is None or not bool(sel.any()) else torch.nonzero(sel).flatten().to(device)
+        try:
+            sel = token_mask(mask, call.latent_hw, tokens)
+        except ValueError as e:
+            raise ValueError(f"{call.node}: KV replacement ({which}): {e}") from None
+        call.token_cache[key] = torch.nonzero(sel).flatten().to(device)
     return call.token_cache[key]
+
+
+def check_kv_masks(diffusion_model, layers: list, latent_hw: tuple, masks: dict) -> None:
+    """Place each KV mask (name -> [h, w] mask or None) on the token grid of every KV layer before sampling, so a
+    mask that cannot be placed is a clear error up front, not halfway through the run."""
+    levels = dict(self_attention_layers(diffusion_model))
+    for key in layers:
+        h, w = grid_at_level(latent_hw, levels[key])
+        for name, mask in masks.items():
+            if mask is None:
+                continue
+            try:
+                token_mask(mask, latent_hw, h * w)
+            except ValueError as e:
+                raise ValueError(f"the {name} at layer {key}: {e}") from None
 
 
 class KVReplacePatch:
@@ -109,7 +169,8 @@ class KVReplacePatch:
             return self.plain(q, k, v, extra_options)
         n = len(call.branches)
         if q.shape[0] % n:
-            return self.plain(q, k, v, extra_options)
+            raise ValueError(f"{call.node}: KV replacement: the attention batch has {q.shape[0]} rows, not a multiple "
+                             f"of the call's {n} branches {call.branches}; another patch changed the batch layout")
         rows = q.shape[0] // n
         chunk = lambda t, i: t[i * rows:(i + 1) * rows]
         idx = {label: i for i, label in enumerate(call.branches)}

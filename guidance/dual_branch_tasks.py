@@ -9,7 +9,10 @@ Every task becomes one :class:`TaskGeometry` on the latent grid (1 cell = 8 imag
     edit_source  "gud" (the guidance branch, i.e. the image itself) or "ref" (the reference image)
     edit_mode    "local" (cell-to-cell correspondence) or "global" (mean features of the two regions)
     m_share      what must stay as it was (compared cell by cell with the guidance branch)
-    edit_region  where the generation branch is free: PNI's inversion guidance is not applied there
+    edit_region  where the generation branch is free: PNI's inversion guidance is not applied there, and (with
+                 region split) where the edit terms' gradient acts
+    share_region where the preservation term's gradient acts (region split); None = outside edit_region. Style
+                 edits the whole image and keeps its layout everywhere: both gradients act on every cell
     pad          (left, right, top, bottom) latent cells added around the canvas (outpaint only)
     kv_mask      guidance tokens the generation branch may read (None = all; outpaint: the old canvas;
                  appearance, paste: the image outside the replaced / pasted region)
@@ -58,13 +61,19 @@ class TaskGeometry:
     kv_mask: torch.Tensor | None = None
     m_vacate: torch.Tensor | None = None
     kv_ref_mask: torch.Tensor | None = None
+    share_region: torch.Tensor | None = None
+
+    @property
+    def preserve_region(self) -> torch.Tensor:
+        """Where the preservation term's gradient acts: ``share_region``, or everything outside the edit region."""
+        return 1.0 - self.edit_region if self.share_region is None else self.share_region
 
     def to(self, device) -> "TaskGeometry":
         """Copies on ``device`` (fresh tensors: usable by autograd even if these were made in inference mode)."""
         mv = lambda t: None if t is None else t.to(device).clone()
         return TaskGeometry(self.task, self.hw, mv(self.m_gen), mv(self.edit_grid), mv(self.m_gud), self.edit_source,
                             self.edit_mode, mv(self.m_share), mv(self.share_grid), mv(self.edit_region), self.pad,
-                            mv(self.kv_mask), mv(self.m_vacate), mv(self.kv_ref_mask))
+                            mv(self.kv_mask), mv(self.m_vacate), mv(self.kv_ref_mask), mv(self.share_region))
 
 
 # --- coordinates and shapes --------------------------------------------------------------------
@@ -264,9 +273,12 @@ def outpaint_geometry(hw: tuple, pad: tuple, node: str = "outpaint") -> TaskGeom
 
 def style_geometry(hw: tuple) -> TaskGeometry:
     """Style transfer: the whole image takes the reference's feature statistics (global), while its
-    layout stays the image's own (m_share = everything, cell by cell). The weights w_e / w_p trade the two."""
+    layout stays the image's own (m_share = everything, cell by cell). The weights w_e / w_p trade the two:
+    both gradients act on every cell (share_region = everything), so the preservation term keeps the layout
+    and objects while the edit term brings the style."""
     ones = torch.ones(int(hw[0]), int(hw[1]))
-    return _geometry("style", hw, ones, identity_grid(hw), ones, "ref", "global", ones, ones)
+    return dataclasses.replace(_geometry("style", hw, ones, identity_grid(hw), ones, "ref", "global", ones, ones),
+                               share_region=ones.clone())
 
 
 def landmark_geometry(source: list, target: list, hw: tuple, radius: float = 1.0,

@@ -17,6 +17,7 @@ from ..guidance.dual_branch_tasks import (REFERENCE_TASKS, TASKS, TaskGeometry, 
                                           parse_landmarks_json, paste_geometry, style_geometry)
 from ..guidance.errors import input_error
 from ..guidance.inversion_data import Inversion
+from ..sampling.sampler_check import EULER_STEP_SAMPLERS, is_euler_step
 from ..sampling.dual_branch_guider import (DEFAULT_ENERGY_SCALE, ENERGY_MODES, ENERGY_NORMALISED, ENERGY_X0, GUIDER_NODE,
                                            DualBranchGuiderImpl, DualBranchSettings, check_settings)
 from .architecture import SUPPORTED, check_model
@@ -176,7 +177,10 @@ def _inputs(include_sampler: bool) -> list:
         io.Combo.Input("kv_mode", options=list(KV_MODES), default="replace", optional=True,
                        tooltip="replace: K,V := guidance's (the paper); concat: the generation branch keeps its own K,V too."),
         io.Float.Input("kv_fraction", default=1.0, min=0.0, max=1.0, step=0.05, optional=True,
-                       tooltip="KV replacement on the first fraction of the steps."),
+                       tooltip="KV replacement until this fraction of the steps (DragonDiffusion: 0.7 for appearance and paste)."),
+        io.Float.Input("kv_start", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                       tooltip="KV replacement from this fraction of the steps (DragonDiffusion's drag: concat from step 5 "
+                               "of 50, 0.1); 0 = from the first step."),
         DragPointsType.Input("points", optional=True,
                              tooltip="drag: handle -> target pairs (image pixels). landmarks: 68 pairs from the canvas."),
         io.Mask.Input("mask", optional=True,
@@ -235,7 +239,7 @@ def _inputs(include_sampler: bool) -> list:
 # node input -> DualBranchSettings field, for every setting input
 SETTING_FIELDS = {name: name for name in ("w_edit", "w_share", "energy_scale", "guidance_fraction", "energy_mode",
                                           "region_split", "w_contrast", "w_inpaint", "sparse_guidance", "seed",
-                                          "kv_layers", "kv_mode", "kv_fraction")}
+                                          "kv_layers", "kv_mode", "kv_fraction", "kv_start")}
 SETTING_FIELDS.update(image_prompt_strength="gamma", kv_replace="kv")
 TASK_INPUTS = ("points", "mask", "offset_x", "offset_y", "scale", "reference", "reference_mask", "landmarks_json",
                "point_radius", "image_prompt", "reference_image_prompt")
@@ -281,6 +285,10 @@ def run_guider(guider: DualBranchGuiderImpl, sampler_name: str, node: str = SAMP
     if sampler_name not in host.SAMPLER_NAMES:
         raise input_error(node, "sampler_name", f"{sampler_name!r} is not one of {host.SAMPLER_NAMES}")
     sampler = host.sampler_object(sampler_name)
+    if not is_euler_step(sampler):
+        raise input_error(node, "sampler_name", f"{sampler_name!r} is not supported: the energy's x0 update and PNI's "
+                                                f"inversion guidance are exact only for one Euler / DDIM step per sigma; "
+                                                f"use one of {', '.join(EULER_STEP_SAMPLERS)}")
     sigmas = guider.inversion.sigmas.clone()
     start = guider.start_latent()
     callback = host.prepare_callback(guider.model_patcher, sigmas.shape[-1] - 1)

@@ -19,6 +19,7 @@ from ..guidance.pni_modes import DEFAULT_QUANTILE, LAMBDA_MODES, PROX_MODES
 from ..guidance.ddim_inversion import ddim_invert
 from .types import CATEGORY_VERSAFUSION, InversionType
 from ..attention_patch import comfy_host as host
+from ..sampling.sampler_check import require_euler_step
 from .architecture import SUPPORTED, check_model
 
 INVERT = "PNI Invert"
@@ -224,6 +225,8 @@ class PNIGuiderImpl(host.CFGGuider):
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
         if sigmas.shape[-1] > 0:
             self.check_run(noise, latent_image, sigmas)
+            if self.inversion.eta > 0:
+                require_euler_step(sampler, GUIDER, "PNI's inversion guidance (eta > 0)")
         self.pni = PNIGuidance.from_inversion(self.inversion)  # fresh per-run state
         return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
 

@@ -47,12 +47,14 @@ import torch.nn.functional as F
 from ..attention_patch import comfy_host as host
 from ..attention_patch.feature_hook import (decoder_feature_points, grad_modules, grad_weights, install_feature_hook,
                                             parse_feature_blocks)
-from ..attention_patch.kv_replace import CALL_KEY, KV_LAYER_CHOICES, KV_MODES, BranchCall, install_kv_replace
+from ..attention_patch.kv_replace import (CALL_KEY, KV_LAYER_CHOICES, KV_MODES, BranchCall, check_kv_masks,
+                                          install_kv_replace)
 from ..guidance.dual_branch_tasks import TaskGeometry, pad_latent
 from ..guidance.energy import ALPHA, BETA, rms_normalised_gradient, split_multiscale_energy, x0_guided_denoised
 from ..guidance.errors import input_error
 from ..guidance.inversion_data import Inversion
 from ..guidance.pni import PNIGuidance, pni_guided_denoised
+from .sampler_check import require_euler_step
 
 GUIDER_NODE = "Dual-Branch Guider"
 # How the energy's gradient joins the sampling step (energy_mode):
@@ -87,7 +89,8 @@ class DualBranchSettings:
     kv: bool = True
     kv_layers: str = "decoder"
     kv_mode: str = "replace"
-    kv_fraction: float = 1.0              # KV replacement on the first kv_fraction of the steps
+    kv_fraction: float = 1.0              # KV replacement until this fraction of the steps
+    kv_start: float = 0.0                 # ... from this fraction of the steps (DragonDiffusion's drag: step 5 of 50)
     sparse_guidance: bool = True          # DragonDiffusion: every step for the first third of the guided steps,
                                           # then every other step
     protect_edit_region: bool = True      # no inversion guidance on the generation branch's edit region
@@ -123,6 +126,7 @@ def check_settings(s: DualBranchSettings, node: str):
         (math.isfinite(s.energy_scale) and s.energy_scale >= 0, "energy_scale", f"{s.energy_scale} must be >= 0"),
         (0 <= s.guidance_fraction <= 1, "guidance_fraction", f"{s.guidance_fraction} must lie in 0..1"),
         (0 <= s.kv_fraction <= 1, "kv_fraction", f"{s.kv_fraction} must lie in 0..1"),
+        (0 <= s.kv_start <= 1, "kv_start", f"{s.kv_start} must lie in 0..1"),
         (s.kv_layers in KV_LAYER_CHOICES, "kv_layers", f"{s.kv_layers!r} is not one of {KV_LAYER_CHOICES}"),
         (s.kv_mode in KV_MODES, "kv_mode", f"{s.kv_mode!r} is not one of {KV_MODES}"),
         (s.energy_mode in ENERGY_MODES, "energy_mode", f"{s.energy_mode!r} is not one of {ENERGY_MODES}"),
@@ -161,6 +165,12 @@ class DualBranchGuiderImpl(host.CFGGuider):
         self.feature_points = points
         self.detach_from = max(points) if points else None
         self.kv_layers = install_kv_replace(m, settings.kv_layers) if settings.kv else []
+        if self.kv_layers:
+            try:
+                check_kv_masks(unet, self.kv_layers, geometry.hw, {"kv_mask": geometry.kv_mask,
+                                                                   "kv_ref_mask": geometry.kv_ref_mask})
+            except ValueError as e:
+                raise input_error(node, "kv_replace", f"{e}; switch kv_replace off or change the masks") from None
         install_feature_hook(m)
         # the layers a gradient pass crosses; their detaching weight functions are on during that pass only
         self.grad_modules = grad_modules(m, self.detach_from) if settings.energy_on else []
@@ -226,6 +236,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
         self.guide_until = int(round(self.settings.guidance_fraction * n))
         self.dense_until = int(round(self.guide_until / 3))
         self.kv_until = int(round(self.settings.kv_fraction * n))
+        self.kv_from = int(round(self.settings.kv_start * n))
         self.energy_log = []
         self.saved_bytes = 0      # the largest activation memory kept for one guided step's backward pass
         self._token_cache = {}    # KV token selections per grid, for the whole run
@@ -235,6 +246,8 @@ class DualBranchGuiderImpl(host.CFGGuider):
         if sigmas.shape[-1] == 0:
             return latent_image
         start = self.check_run(noise, sigmas)
+        require_euler_step(sampler, self.node, "the energy's x0 update, the guidance branch's reconstruction and "
+                                               "PNI's inversion guidance")
         self.reset(start)
         z = self.start_latent(start)
         return super().sample(torch.zeros_like(z), z, sampler, sigmas, None, callback, disable_pbar, seed)
@@ -355,7 +368,8 @@ class DualBranchGuiderImpl(host.CFGGuider):
 
     def _gradient(self, inside, outside, x_leaf):
         """grad_x of the energy. Region split (DragonDiffusion): the inside energy's gradient in the edit region,
-        the outside energy's elsewhere (a backward pass each); else the gradient of their sum (one pass)."""
+        the outside energy's in the geometry's preserve region (outside the edit region, or for style everywhere;
+        a backward pass each); else the gradient of their sum (one pass)."""
         if not (inside.requires_grad or outside.requires_grad):
             return None
         if not self.settings.region_split:
@@ -368,7 +382,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
             grad = grad + g_in * r
         if outside.requires_grad:
             g_out, = torch.autograd.grad(outside, x_leaf)
-            grad = grad + g_out * (1.0 - r)
+            grad = grad + g_out * self._geometry_on(x_leaf.device).preserve_region.to(x_leaf.dtype)[None, None]
         return grad
 
     def _region(self, like) -> torch.Tensor:
@@ -393,7 +407,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
             with torch.no_grad():
                 outs = self._run_batch(parts, timestep, model_options, call)
             feat_call = BranchCall(branches=(), latent_hw=call.latent_hw, kv=False, token_cache=call.token_cache,
-                                   capture_at=dict(call.capture_at))
+                                   capture_at=dict(call.capture_at), node=self.node)
         with torch.inference_mode(False), torch.enable_grad(), grad_weights(self.grad_modules):
             x_leaf = x.detach().clone().requires_grad_(True)
             feat_call.detach_from = self.detach_from
@@ -422,9 +436,9 @@ class DualBranchGuiderImpl(host.CFGGuider):
         if self.reference is not None:
             parts.append(("ref", self._branch_x("ref", i, i_low, sigma, x), self.conds.get("reference")))
         parts += ([] if self.one_gen_row else [("gen_neg", x, neg)]) + [("gen_pos", x, pos)]
-        call = BranchCall(branches=(), latent_hw=tuple(x.shape[-2:]), kv=self.settings.kv and i_low < self.kv_until,
+        call = BranchCall(branches=(), latent_hw=tuple(x.shape[-2:]), kv=self.settings.kv and self.kv_from <= i_low < self.kv_until,
                           kv_mode=self.settings.kv_mode, kv_mask=self.geometry.kv_mask,
-                          kv_ref_mask=self.geometry.kv_ref_mask, token_cache=self._token_cache)
+                          kv_ref_mask=self.geometry.kv_ref_mask, token_cache=self._token_cache, node=self.node)
         grad = None
         if guided:
             call.capture_at = {p: f"f{p}" for p in self.feature_points}
@@ -439,7 +453,7 @@ class DualBranchGuiderImpl(host.CFGGuider):
         d_neg = d_pos if self.one_gen_row else outs["gen_neg"]
         denoised = self.pni_gen.denoised(x, timestep, d_neg, d_pos)
         if self.settings.protect_edit_region and self.inversion.eta > 0 and self.nonempty["edit_region"]:
-            plain, _ = pni_guided_denoised(x, timestep, None, d_neg, d_pos, self.inversion.cfg, self.inversion.lam,
+            plain, _ = pni_guided_denoised(x, sigma, None, d_neg, d_pos, self.inversion.cfg, self.inversion.lam,
                                            self.inversion.prox, quantile=getattr(self.inversion, "lam_quantile", None))
             keep = (1.0 - self._geometry_on(x.device).edit_region).to(x.dtype)[None, None]
             denoised = plain + keep * (denoised - plain)

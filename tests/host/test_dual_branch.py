@@ -116,24 +116,50 @@ def test_drag_energy_acts_and_model_is_unchanged(kit):
     assert dict(model.weight_wrapper_patches) == wrappers
 
 
-def test_move_through_sampler_custom_advanced_with_another_sampler(kit):
-    import comfy.samplers
-    import comfy_extras.nodes_custom_sampler as ncs
+def _move_guider(kit):
     mask = torch.zeros(1, SIZE, SIZE)
     mask[:, 16:40, 8:32] = 1
+    return harness.run_node(GUIDER, model=kit["model"], inversion=kit["inv"][0.1], target=kit["src"], task="move",
+                            w_edit=4.0, w_share=6.0, energy_scale=0.25, guidance_fraction=0.6, kv_replace=True,
+                            mask=mask, offset_x=16.0, offset_y=0.0, scale=1.0).result[0]
+
+
+def test_move_through_sampler_custom_advanced_with_ddim(kit):
+    """ComfyUI's 'ddim' sampler is k-diffusion's Euler step: the same result as 'euler'."""
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as ncs
+    outs = {}
     with torch.inference_mode():
-        g = harness.run_node(GUIDER, model=kit["model"], inversion=kit["inv"][0.1], target=kit["src"], task="move",
-                             w_edit=4.0, w_share=6.0, energy_scale=0.25, guidance_fraction=0.6, kv_replace=True,
-                             mask=mask, offset_x=16.0, offset_y=0.0, scale=1.0).result[0]
-        out = harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_EmptyNoise(), guider=g,
-                               sampler=comfy.samplers.sampler_object("dpmpp_2m"), sigmas=kit["sigmas"],
-                               latent_image=kit["z_T"]).result[0]["samples"]
-    assert out.shape == kit["z_T"]["samples"].shape and torch.isfinite(out).all()
-    assert [entry[0] for entry in g.energy_log] == [0]       # sparse schedule: steps 0 (dense third), 1 skipped
+        for name in ("ddim", "euler"):
+            g = _move_guider(kit)
+            outs[name] = harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_EmptyNoise(), guider=g,
+                                          sampler=comfy.samplers.sampler_object(name), sigmas=kit["sigmas"],
+                                          latent_image=kit["z_T"]).result[0]["samples"]
+            assert [entry[0] for entry in g.energy_log] == [0]  # sparse schedule: steps 0 (dense third), 1 skipped
+    assert outs["ddim"].shape == kit["z_T"]["samples"].shape and torch.isfinite(outs["ddim"]).all()
+    assert torch.allclose(outs["ddim"], outs["euler"], atol=1e-5)
     with pytest.raises(ValueError, match="Dual-Branch Guider: input 'noise': .*DisableNoise"):
         with torch.inference_mode():
-            harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_RandomNoise(1), guider=g,
+            harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_RandomNoise(1), guider=_move_guider(kit),
                              sampler=comfy.samplers.sampler_object("euler"), sigmas=kit["sigmas"], latent_image=kit["z_T"])
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "deis", "uni_pc", "heun", "dpm_2", "euler_ancestral", "lcm"])
+def test_samplers_without_a_plain_euler_step_are_refused(kit, name):
+    """Multistep, two-stage and noise-adding samplers would not land on the energy's x0 update: a clear error that
+    names what is supported, before any step runs (the guider's state is untouched)."""
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as ncs
+    g = _move_guider(kit)
+    with pytest.raises(ValueError, match=f"Dual-Branch Guider: input 'sampler': the sampler '{name}' is not supported"
+                                         f".*use one of euler, ddim"):
+        with torch.inference_mode():
+            harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_EmptyNoise(), guider=g,
+                             sampler=comfy.samplers.sampler_object(name), sigmas=kit["sigmas"], latent_image=kit["z_T"])
+    assert g.energy_log == []
+    with pytest.raises(ValueError, match=f"Dual-Branch Guided Sampler: input 'sampler_name': '{name}' is not supported"):
+        with torch.inference_mode():
+            run(kit, task="drag", points=drag_points(), sampler_name=name)
 
 
 def test_outpaint_extends_the_canvas(kit):
