@@ -9,8 +9,14 @@ the pack's nodes. The samples come from tasks.py (no files needed); the metrics 
 
 Methods (every task has none, naive and default):
 
-  none     no edit: the inversion round trip (Inversion with Attention Capture, 10 DDIM steps of 'simple',
-           edit step 5, no CFG, then KSamplerAdvanced from step 5); outpaint: that on a grey canvas
+  none     no edit, through the same inversion and step count as the task's default:
+           drag* / inpaint (AttentionDrag tasks): the inversion round trip (Inversion with Attention Capture,
+                  10 DDIM steps of 'simple', edit step 5, no CFG, then KSamplerAdvanced from step 5);
+           move / resize / paste / appearance / outpaint / style / landmarks (dual-branch tasks): the PNI
+                  reconstruction at the default's step count (--dual-steps): PNI Invert of the source as the
+                  default runs it, then PNI Guider with target = source + SamplerCustomAdvanced (DisableNoise,
+                  euler, PNI's sigmas and z_T); outpaint: that on a grey canvas of the GT's size;
+           prompt: the 10-step round trip (the one its naive prompt swap regenerates from)
   naive    drag / drag_multi / drag_two / landmarks / move: latent copy-paste of the user mask by the drag
            (per pair's object; landmarks: the mean landmark shift) at the edit step; resize: the mask's latent
            cells rescaled about its box centre (nearest); paste / appearance: pixel paste of the reference
@@ -35,6 +41,10 @@ Methods (every task has none, naive and default):
 
 Prompts: the ShapeDrag model's own prompt (scenes.PROMPT) everywhere except the prompt task, whose source and
 target prompts name the edited object's colour and shape (tasks.prompt_for).
+
+Metrics (task_metrics.py): md, iou (every object), iou_edit (only the objects the edit moves or changes),
+psnr_in / psnr_out / ssim_out, lost, duplicated, hue_err, seconds. A lost moved object scores an MD of
+md0 + the image diagonal / 4, strictly worse than leaving it in place (md0).
 
 Output under --out: summary.json (task -> method -> metric -> mean), samples.json (every sample's metrics),
 report.html (per task: source | instruction | ground truth | each method), the PNGs it shows, and the
@@ -71,6 +81,10 @@ DEFAULT_DESCRIPTION = {
     "inpaint": "AttentionDrag inpaint (attention fill, KV on)",
     **{t: f"PNI + Dual-Branch Guided Sampler (task {t if t != 'resize' else 'move'})" for t in DUAL_TASKS},
     "prompt": "PNI Invert + PNI Guider",
+}
+NONE_DESCRIPTION = {
+    **{t: "10-step round trip" for t in DRAG_TASKS + ("inpaint", "prompt")},
+    **{t: "PNI reconstruction" for t in DUAL_TASKS},
 }
 NAIVE_DESCRIPTION = {
     **{t: "latent copy-paste" for t in DRAG_TASKS + ("move", "landmarks")}, "resize": "latent rescale",
@@ -127,7 +141,8 @@ class TaskEvaluator(evaluate.Evaluator):
         mask = _t(s.instruction["mask"].astype(np.float32))[0][None] if "mask" in s.instruction else None
         pts = self.points(s) if "points" in s.instruction else None
         out = {}
-        need_capture = any(m in ("none", "ad-eq6") or (m == "default" and s.task in DRAG_TASKS + ("inpaint",))
+        need_capture = any((m == "none" and s.task not in DUAL_TASKS) or m == "ad-eq6"
+                           or (m == "default" and s.task in DRAG_TASKS + ("inpaint",))
                            or (m == "naive" and s.task in DRAG_TASKS + ("move", "resize", "landmarks", "prompt"))
                            for m in methods)
         t_inv, z, cap = 0.0, None, None
@@ -144,6 +159,9 @@ class TaskEvaluator(evaluate.Evaluator):
     def _method(self, m, s, pos, neg, z, cap, pts, mask):
         """-> (image, uses the shared capture inversion)."""
         t = s.task
+        if m == "none" and t in DUAL_TASKS:
+            img = self.pni_reconstruct(s.source, pos)
+            return (tasks.none_outpaint(img, s.instruction["pad"]) if t == "outpaint" else img), False
         if m == "none":
             img = self.regen(self.model, z, pos, neg)
             return (tasks.none_outpaint(img, s.instruction["pad"]) if t == "outpaint" else img), True
@@ -252,16 +270,26 @@ class TaskEvaluator(evaluate.Evaluator):
                                sampler_name="euler", **kw).result[0]          # the node's defaults otherwise
         return self.decode(out)
 
+    def pni_sample(self, inv, z_t, sigmas, target, sampler_name: str) -> np.ndarray:
+        """PNI Guider (``target``) + SamplerCustomAdvanced (DisableNoise, PNI's sigmas and z_T), decoded."""
+        guider = harness.run_node("DragFusionPNIGuider", model=self.model, inversion=inv, target=target).result[0]
+        noise = evaluate.core(self.nodes, "DisableNoise")[0]
+        sampler = evaluate.core(self.nodes, "KSamplerSelect", sampler_name=sampler_name)[0]
+        out = evaluate.core(self.nodes, "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                            latent_image=z_t)[0]
+        return self.decode(out)
+
+    def pni_reconstruct(self, img: np.ndarray, cond) -> np.ndarray:
+        """The dual-branch tasks' no-edit baseline: PNI Invert (as the default inverts the source, --dual-steps)
+        and back with the PNI Guider at target = source, euler (the dual-branch default's sampler)."""
+        inv, z_t, sigmas = self.pni_invert(img, cond)
+        return self.pni_sample(inv, z_t, sigmas, cond, "euler")
+
     def _pni_edit(self, s) -> np.ndarray:
         src, _ = self.cond(s.instruction["source_prompt"])
         tgt, _ = self.cond(s.instruction["target_prompt"])
         inv, z_t, sigmas = self.pni_invert(s.source, src)
-        guider = harness.run_node("DragFusionPNIGuider", model=self.model, inversion=inv, target=tgt).result[0]
-        noise = evaluate.core(self.nodes, "DisableNoise")[0]
-        sampler = evaluate.core(self.nodes, "KSamplerSelect", sampler_name="ddim")[0]
-        out = evaluate.core(self.nodes, "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
-                            latent_image=z_t)[0]
-        return self.decode(out)
+        return self.pni_sample(inv, z_t, sigmas, tgt, "ddim")
 
 
 # --------------------------------------------------------------------------- pictures
@@ -414,19 +442,20 @@ def _fmt(v, k):
         return "-"
     if k in ("lost", "duplicated"):
         return f"{v:.2f}"
-    if k in ("iou", "ssim_out"):
+    if k in ("iou", "iou_edit", "ssim_out"):
         return f"{v:.3f}"
     return f"{v:.2f}"
 
 
-COLUMNS = ("md", "iou", "psnr_in", "psnr_out", "ssim_out", "lost", "duplicated", "hue_err", "seconds")
+COLUMNS = ("md", "iou", "iou_edit", "psnr_in", "psnr_out", "ssim_out", "lost", "duplicated", "hue_err", "seconds")
 
 
 def table(report: dict) -> str:
     """One Markdown table: a row per task and method; the task's defining metric in bold."""
     lines = [f"ShapeDrag-GT: {report['n']} samples per task (seed {report['seed']}), {report['checkpoint']}; "
              f"AttentionDrag {report['steps']} steps (edit at {report['edit_step']}), PNI / dual-branch "
-             f"{report['dual_steps']} steps; lost / duplicated: mean objects per sample",
+             f"{report['dual_steps']} steps; iou_edit: IoU over the edited objects only; a lost moved object's "
+             f"md is md0 + diagonal/4; lost / duplicated: mean objects per sample",
              "",
              "| task | method | " + " | ".join(COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
@@ -436,6 +465,8 @@ def table(report: dict) -> str:
             name = METHOD_NAMES.get(m, m)
             if m == "default":
                 name += f" ({DEFAULT_DESCRIPTION[t]})"
+            elif m == "none":
+                name += f" ({NONE_DESCRIPTION[t]})"
             elif m == "naive":
                 name += f" ({NAIVE_DESCRIPTION[t]})"
             cells = []
@@ -456,7 +487,8 @@ def write_html(report: dict, pictures: dict, path: str):
         if not pics:
             continue
         key = task_metrics.DEFINING[t][0]
-        out.append(f"<h2>{t}</h2><p>default: {html.escape(DEFAULT_DESCRIPTION[t])}; naive: "
+        out.append(f"<h2>{t}</h2><p>default: {html.escape(DEFAULT_DESCRIPTION[t])}; none: "
+                   f"{html.escape(NONE_DESCRIPTION[t])}; naive: "
                    f"{html.escape(NAIVE_DESCRIPTION[t])}; defining metric: {key}</p><table>")
         methods = pics[0]["methods"]
         out.append("<tr><th>source</th><th>instruction</th><th>ground truth</th>"
@@ -468,7 +500,8 @@ def write_html(report: dict, pictures: dict, path: str):
                      f"<td><img src='{b}_gt.png'></td>"]
             for m in methods:
                 sc = p["scores"][m]
-                desc = ", ".join(f"{k} {_fmt(sc.get(k), k)}" for k in ("md", "iou", "psnr_in", "hue_err", "seconds")
+                desc = ", ".join(f"{k} {_fmt(sc.get(k), k)}" for k in ("md", "iou", "iou_edit", "psnr_in", "hue_err",
+                                                                    "seconds")
                                  if k in sc and not (isinstance(sc[k], float) and math.isnan(sc[k])))
                 cells.append(f"<td><img src='{b}_{m}.png'><div class='m'>{html.escape(desc)}</div></td>")
             out.append("<tr>" + "".join(cells) + "</tr>")

@@ -1,15 +1,26 @@
 """ShapeDrag-GT metrics: a result scored against the task's rendered ground truth (tasks.py).
 
-    task_score(result, sample, seconds=nan) -> {md, iou, psnr_in, psnr_out, ssim_out, lost, duplicated,
-                                                seconds[, hue_err]}
+    task_score(result, sample, seconds=nan) -> {md, iou, iou_edit, psnr_in, psnr_out, ssim_out, lost,
+                                                duplicated, seconds[, hue_err]}
 
 Objects are found by colour, as in score.py (every object has its own hue bin; backgrounds are
 unsaturated); the GT masks are the same segmentation of the GT image, so the GT itself scores exactly.
 
 * ``md`` (px): over the objects whose place changes (``moved``): the distance between the centroid of the
-  object's pixels in the result and in the GT. A lost object counts as not edited (its ``md0``); a
-  duplicate (old copy left + new copy) lands half way by itself. NaN where no object moves.
-* ``iou``: mean over the objects present in the GT of IoU(result segmentation, GT mask).
+  object's pixels in the result and in the GT. A duplicate (old copy left + new copy) lands half way by
+  itself. NaN where no object moves.
+  A **lost** moved object (see ``lost``) scores ``md0 + diagonal / 4`` (LOST_MD_PENALTY of the GT image's
+  diagonal: 45.3 px at 128 x 128), ``md0`` being its MD when nothing is edited: erasing the object is
+  always strictly worse than leaving it where it was, never scored as if nothing had been edited. (The
+  paste task's new object is absent from the source, so leaving the source as it is loses it too.)
+* ``iou``: mean over the objects present in the GT of IoU(result segmentation, GT mask). A lost object's
+  IoU is at most LOST_FRACTION by itself (0 when erased).
+* ``iou_edit``: the same mean over the objects the edit moves or changes only (``edited``): ``moved``,
+  ``recoloured``, new (no source mask: paste), or whose GT mask differs from its source mask (in the GT
+  frame; outpaint's source sits at the pad offset) by IoU(source mask, GT mask) < 1 - CHANGED_TOL; the
+  tolerance absorbs the anti-aliased rim that a new background (style) shifts by a few pixels. The
+  unchanged objects, which a method scores by leaving them alone, do not dilute it. NaN where no edited
+  object is present in the GT (style, inpaint).
 * ``psnr_in``: PSNR (data range 1) against the GT inside the edited region; ``psnr_out`` / ``ssim_out``
   outside it (the region dilated by FIDELITY_MARGIN px), SSIM the mean of scikit-image's full map there.
 * ``lost``: objects of the GT with fewer than LOST_FRACTION of their GT pixels in the result.
@@ -33,7 +44,9 @@ DUP_FRACTION = 0.5
 DUP_MIN_PIXELS = 20
 FIDELITY_MARGIN = 4
 HUE_MIN_SAT = 0.25
-METRICS = ("md", "iou", "psnr_in", "psnr_out", "ssim_out", "lost", "duplicated", "seconds", "hue_err")
+LOST_MD_PENALTY = 0.25   # a lost moved object's MD: md0 + this fraction of the GT image's diagonal
+CHANGED_TOL = 0.05       # an object whose IoU(source mask, GT mask) is below 1 - this is edited
+METRICS = ("md", "iou", "iou_edit", "psnr_in", "psnr_out", "ssim_out", "lost", "duplicated", "seconds", "hue_err")
 COLOUR_TASKS = ("appearance", "prompt")
 # the metric that defines each task, and whether higher is better
 DEFINING = dict(drag=("md", False), drag_multi=("md", False), drag_two=("md", False), move=("iou", True),
@@ -68,19 +81,46 @@ def hue_error(result: np.ndarray, shape: np.ndarray, target_hue: float) -> float
     return abs((mean - target_hue + 180.0) % 360.0 - 180.0)
 
 
+def in_gt_frame(mask: np.ndarray, s: TaskSample) -> np.ndarray:
+    """A source-frame mask placed in the GT frame (outpaint: at the pad offset; otherwise the same frame)."""
+    if mask.shape == s.gt.shape[:2]:
+        return mask
+    if "pad" not in s.instruction:
+        raise ValueError(f"a source mask {mask.shape} and a GT {s.gt.shape[:2]} of another size without a pad")
+    left, right, top, bottom = s.instruction["pad"]
+    return np.pad(mask, ((top, bottom), (left, right)))
+
+
+def edited(o: dict, s: TaskSample) -> bool:
+    """Whether the edit moves or changes the object (see ``iou_edit``)."""
+    if o.get("moved") or o.get("recoloured") or o["src"] is None:
+        return True
+    src, gt = in_gt_frame(o["src"], s), o["gt"]
+    union = int((src | gt).sum())
+    return union > 0 and (src & gt).sum() / union < 1.0 - CHANGED_TOL
+
+
+def lost_md(o: dict, s: TaskSample) -> float:
+    """A lost moved object's MD: strictly above md0, the MD of leaving it where it was."""
+    return float(o["md0"]) + LOST_MD_PENALTY * math.hypot(*s.gt.shape[:2])
+
+
 def object_scores(result: np.ndarray, s: TaskSample) -> list:
     out = []
     for o in s.objects:
         seg = segment(result, o["hue"])
         gt, src = o["gt"], o["src"]
         n_gt = int(gt.sum())
-        r = dict(name=o["name"], iou=math.nan, lost=False, duplicated=False, md=math.nan)
+        r = dict(name=o["name"], iou=math.nan, lost=False, duplicated=False, md=math.nan, edited=edited(o, s))
         if n_gt > 0:
             r["iou"] = float((seg & gt).sum() / max(1, (seg | gt).sum()))
             r["lost"] = bool(seg.sum() < LOST_FRACTION * n_gt)
         if o.get("moved"):
             c1, cg = centroid(seg), centroid(gt)
-            r["md"] = o["md0"] if r["lost"] or c1 is None or cg is None else math.hypot(c1[0] - cg[0], c1[1] - cg[1])
+            if r["lost"] or c1 is None:
+                r["md"] = lost_md(o, s)
+            elif cg is not None:
+                r["md"] = math.hypot(c1[0] - cg[0], c1[1] - cg[1])
         if src is not None and src.any() and (o.get("moved") or n_gt == 0) and not o.get("recoloured"):
             left = src & ~dilate(gt, 2)
             if left.sum() >= DUP_MIN_PIXELS and (seg & left).sum() >= DUP_FRACTION * left.sum():
@@ -103,9 +143,10 @@ def task_score(result: np.ndarray, s: TaskSample, seconds: float = math.nan) -> 
     objs = object_scores(result, s)
     mds = [o["md"] for o in objs if not math.isnan(o["md"])]
     ious = [o["iou"] for o in objs if not math.isnan(o["iou"])]
+    ious_edit = [o["iou"] for o in objs if o["edited"] and not math.isnan(o["iou"])]
     outside = ~dilate(s.region, FIDELITY_MARGIN)
     out = dict(md=float(np.mean(mds)) if mds else math.nan, iou=float(np.mean(ious)) if ious else math.nan,
-               psnr_in=psnr(result, s.gt, s.region), psnr_out=psnr(result, s.gt, outside),
+               iou_edit=float(np.mean(ious_edit)) if ious_edit else math.nan, psnr_in=psnr(result, s.gt, s.region), psnr_out=psnr(result, s.gt, outside),
                ssim_out=ssim_in(result, s.gt, outside), lost=int(sum(o["lost"] for o in objs)),
                duplicated=int(sum(o["duplicated"] for o in objs)), seconds=float(seconds))
     hues = [o["hue_err"] for o in objs if "hue_err" in o]

@@ -159,6 +159,9 @@ def test_ground_truth_scores_perfectly(samples):
             r = tm.task_score(s.gt, s, seconds=1.0)
             has_objects = any(o["gt"].any() for o in s.objects)
             assert r["iou"] == pytest.approx(1.0) if has_objects else math.isnan(r["iou"]), t
+            has_edited = any(tm.edited(o, s) and o["gt"].any() for o in s.objects)
+            assert has_edited == (t not in ("style", "inpaint")), t
+            assert r["iou_edit"] == pytest.approx(1.0) if has_edited else math.isnan(r["iou_edit"]), t
             assert math.isnan(r["md"]) or r["md"] < 1e-6, t
             assert r["psnr_in"] >= 99 and r["psnr_out"] >= 99 and r["ssim_out"] > 0.999, t
             assert r["lost"] == 0 and r["duplicated"] == 0 and r["seconds"] == 1.0, t
@@ -179,8 +182,9 @@ def test_no_edit_scores_as_expected(samples):
             if t.startswith("drag") or t == "move":
                 assert r["md"] == pytest.approx(np.mean([o["md0"] for o in s.objects if o["moved"]]), abs=0.6), t
                 assert r["md"] > 15 and r["lost"] == 0 and r["duplicated"] == 0, t
-            if t == "paste":
-                assert r["lost"] == 1, t
+            if t == "paste":                                 # not pasting loses the new object
+                new = next(o for o in s.objects if o["moved"])
+                assert r["lost"] == 1 and r["md"] == pytest.approx(tm.lost_md(new, s)) and r["iou_edit"] == 0, t
             if t == "inpaint":
                 assert r["duplicated"] == 1, t               # the removed object is still there
             if t in tm.COLOUR_TASKS:
@@ -211,7 +215,77 @@ def test_lost_object_and_colour():
     grey = np.full_like(s.gt, 0.5)
     r = tm.task_score(grey, s)
     assert r["lost"] == len([o for o in s.objects if o["gt"].any()])
-    assert r["md"] == pytest.approx(s.objects[[o["moved"] for o in s.objects].index(True)]["md0"])
+    md0 = s.objects[[o["moved"] for o in s.objects].index(True)]["md0"]
+    assert r["md"] == pytest.approx(md0 + tm.LOST_MD_PENALTY * math.hypot(128, 128))
+    assert r["iou"] == 0 and r["iou_edit"] == 0
+
+
+def _erase(img: np.ndarray, masks: list) -> np.ndarray:
+    """The masks' pixels (dilated by 2) painted mid grey: unsaturated, no object's colour."""
+    out = img.copy()
+    for m in masks:
+        out[tasks.dilate(m, 2)] = 0.5
+    return out
+
+
+@pytest.mark.parametrize("task", ["drag", "drag_multi", "drag_two", "move", "resize", "landmarks"])
+def test_erasing_a_moved_object_scores_worse_than_no_edit(samples, task):
+    """A lost moved object scores md0 + diagonal / 4: erasing it is strictly worse than leaving it in place
+    (md0), for every sample, also when only one of two moved objects is erased."""
+    penalty = tm.LOST_MD_PENALTY * math.hypot(128, 128)
+    for s in samples[task]:
+        moved = [o for o in s.objects if o["moved"]]
+        none = tm.task_score(s.source, s)
+        assert none["lost"] == 0, task
+        # erased where it was (any other moved object left in place too), or where it should have gone (any
+        # other moved object moved perfectly: then only that object's own md compares with leaving it)
+        for result, compare in ((_erase(s.source, [moved[0]["src"]]), True),
+                                (_erase(s.gt, [moved[0]["gt"]]), len(moved) == 1)):
+            r = tm.task_score(result, s)
+            assert r["lost"] == 1, task
+            if compare:
+                assert r["md"] > none["md"] + 0.9 * penalty / len(moved), (task, r["md"], none["md"])
+            one = next(o for o in tm.object_scores(result, s) if o["name"] == moved[0]["name"])
+            assert one["lost"] and one["md"] == pytest.approx(moved[0]["md0"] + penalty), task
+            assert one["iou"] < tm.LOST_FRACTION, task
+
+
+def test_iou_edit_ignores_unchanged_objects(samples):
+    n_kept = 0
+    for t in ("drag", "move", "resize", "landmarks", "appearance", "paste"):
+        for s in samples[t]:
+            kept = [o for o in s.objects if not tm.edited(o, s)]
+            changed = [o for o in s.objects if tm.edited(o, s)]
+            assert changed and all(o["gt"].any() for o in changed), t
+            if not kept:
+                continue
+            n_kept += 1
+            # the unchanged objects erased, the edited ones perfect: iou drops, iou_edit does not
+            r = tm.task_score(_erase(s.gt, [o["gt"] for o in kept]), s)
+            assert r["iou"] < 0.9 and r["iou_edit"] == pytest.approx(1.0), t
+            # the edited objects erased, the rest perfect: iou_edit 0 whatever the unchanged objects score
+            r = tm.task_score(_erase(s.gt, [o["gt"] for o in changed]), s)
+            assert r["iou_edit"] == 0 and r["iou"] > 0.3, t
+    assert n_kept >= 6
+
+
+def test_edited_objects():
+    """Which objects iou_edit counts: moved / recoloured / new objects and those whose mask changes (outpaint:
+    objects the pads cut); not the objects a new background only shifts by their anti-aliased rim (style)."""
+    for i in range(3):
+        s = tasks.make_task("style", 0, i)
+        assert not any(tm.edited(o, s) for o in s.objects)
+        assert any((o["src"] ^ o["gt"]).any() for o in s.objects)          # the rim does move
+        s = tasks.make_task("drag_two", 0, i)
+        assert [tm.edited(o, s) for o in s.objects] == [o["moved"] for o in s.objects]
+        s = tasks.make_task("outpaint", 0, i)
+        left = s.instruction["pad"][0]
+        for o in s.objects:
+            outside = o["gt"].sum() - o["gt"][:, left:left + 128].sum()
+            assert tm.edited(o, s) == (outside > tm.CHANGED_TOL * o["gt"].sum()), (i, o["name"])   # src = GT's crop
+        assert any(tm.edited(o, s) for o in s.objects)
+    s = tasks.make_task("inpaint", 0, 0)
+    assert [tm.edited(o, s) for o in s.objects] == [bool(o.get("removed")) for o in s.objects]
 
 
 def test_pixel_baselines(samples):
@@ -231,6 +305,9 @@ def test_summarize():
                                                                            seconds=4.0)]
     s = tm.summarize(rows)
     assert s["md"] == 2.0 and s["iou"] == 0.5 and s["lost"] == 0.5 and s["lost_total"] == 1 and s["n"] == 2
+    assert "iou_edit" not in s
+    s = tm.summarize([dict(iou_edit=0.25), dict(iou_edit=math.nan), dict(iou_edit=0.75)])
+    assert s["iou_edit"] == 0.5
     assert "hue_err" not in s
 
 
@@ -261,8 +338,11 @@ def test_harness_helpers():
         s = tasks.make_task(t, 0, 0)
         pic = task_eval.instruction_picture(s)
         assert pic.shape[0] == 128 and pic.shape[1] >= 128 and task_eval.instruction_text(s)
-    row = dict(md=1.0, iou=0.5, psnr_in=20.0, psnr_out=30.0, ssim_out=0.9, lost=0.0, duplicated=0.0, seconds=1.0, n=1)
+    row = dict(md=1.0, iou=0.5, iou_edit=0.125, psnr_in=20.0, psnr_out=30.0, ssim_out=0.9, lost=0.0, duplicated=0.0, seconds=1.0, n=1)
     rep = dict(n=1, seed=0, checkpoint="x", steps=10, edit_step=5, dual_steps=20,
                summary={"drag": {m: row for m in ("none", "naive", "default")}})
     md = task_eval.table(rep)
     assert md.count("\n| drag |") == 3 and "**1.00**" in md
+    assert "| iou_edit |" in md and "0.125" in md and "10-step round trip" in md
+    assert set(task_eval.NONE_DESCRIPTION) == set(tasks.TASKS)
+    assert all(task_eval.NONE_DESCRIPTION[t] == "PNI reconstruction" for t in task_eval.DUAL_TASKS)
