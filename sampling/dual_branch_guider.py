@@ -13,13 +13,20 @@ Per sampling step one batched UNet call runs
              self-attention (no KV injection); the energy reads its features and only it keeps autograd history
 
 The generation rows' self-attention reads the guidance rows' keys and values (attention_patch/
-kv_replace.py). On the guided steps (the first ``guidance_fraction`` of the schedule, DragonDiffusion's
-30 of 50) the call keeps autograd history up to the decoder blocks whose features the energy reads
-(attention_patch/feature_hook.py); Eq. 6 on those features (guidance/energy.py), with the task's masks
-and correspondence (guidance/dual_branch_tasks.py), gives grad_z L, which joins the noise prediction
-(Eq. 7): eps~ = eps_PNI + energy_scale * grad_z L (by default on DragonDiffusion's sparse schedule: every guided
-step for the first third, then every other one). The generation branch is otherwise PNI sampling
-(proximal CFG + inversion guidance), except that the inversion guidance leaves the edit region alone.
+kv_replace.py). On the guided steps (the first ``guidance_fraction`` of the schedule, 80 % by default;
+DragonDiffusion guides 30 of 50) the call keeps autograd history up to the decoder blocks whose features the
+energy reads (attention_patch/feature_hook.py); Eq. 6 on those features (guidance/energy.py), with the task's
+masks and correspondence (guidance/dual_branch_tasks.py), gives grad_z L. By default (energy_mode 'normalised,
+x0 only') that gradient is rescaled to the noise prediction's RMS over the edit region and moves only the x0
+estimate of the step, DragonDiffusion's update: the step's direction term keeps the unguided noise,
+x_next = (x - sigma * (eps + s * g)) + sigma_next * eps, which the guider returns as the denoised prediction
+denoised - s * g * sigma^2 / (sigma - sigma_next) for the Euler / DDIM step to land on (guidance/energy.py
+x0_guided_denoised; s = energy_scale times the task's factor, g the normalised grad_z). Eq. 7 as printed
+(eps~ = eps_PNI + energy_scale * grad_z L in both terms) is the 'raw, both terms' mode. Guidance runs on
+DragonDiffusion's sparse schedule by default (every guided step for the first third, then every other one).
+The generation branch is otherwise PNI sampling (proximal CFG + inversion guidance), except that the inversion
+guidance leaves the edit region alone. The per-step corrections are exact only for samplers that take one Euler /
+DDIM step per sigma (euler, ddim); others are refused (sampling/sampler_check.py).
 
 Choices the paper leaves open (documented here and in the tooltips), defaults measured on ShapeDrag-GT
 (bench/shapedrag/db_sweep.py):
