@@ -224,3 +224,23 @@ def test_bad_inputs_are_value_errors_naming_node_and_input(kit, base):
         sample(g, z_T, sigmas, noise=ncs.Noise_RandomNoise(1))
     with pytest.raises(ValueError, match="does not match"):
         sample(g, {"samples": torch.ones(1, 4, 16, 16)}, sigmas)
+
+
+def test_inversion_guidance_refuses_samplers_without_an_euler_step(kit, base):
+    """Inversion guidance (eta > 0) is applied through the denoised prediction for an Euler / DDIM step: a
+    multistep sampler is a clear error; without inversion guidance (eta = 0) any sampler runs."""
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as ncs
+    inv, z_T, sigmas = base
+
+    def run(inversion, name):
+        return harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_EmptyNoise(),
+                                guider=pni_guider(kit, inversion, kit["src"]),
+                                sampler=comfy.samplers.sampler_object(name), sigmas=sigmas, latent_image=z_T)
+
+    assert inv.eta > 0
+    with pytest.raises(ValueError, match="PNI Guider: input 'sampler': the sampler 'dpmpp_2m' is not supported "
+                                         "\\(PNI's inversion guidance.*use one of euler, ddim"):
+        run(inv, "dpmpp_2m")
+    out = run(dataclasses.replace(inv, eta=0.0), "dpmpp_2m").result[0]["samples"]
+    assert torch.isfinite(out).all()
