@@ -2,10 +2,19 @@
 
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the peak resident-set size of this
 process (or of another one, ``pid``: a server) while the measured function runs, minus the resident size
-just before it (sampled every 5 ms in a thread).
+just before it (sampled every 5 ms in a thread; for this process also the kernel's exact high-water mark,
+VmHWM, reset at the start through /proc/self/clear_refs where Linux allows it).
+
+A peak is only comparable across variants when it is taken above the same floor: ``resident_bytes`` is the
+memory the process holds at rest (CUDA: allocated tensors, the loaded weights among them; CPU: the RSS after
+a garbage collection and glibc's malloc_trim, so that heap pages a previous run freed but the allocator kept
+do not count), and ``peak_above`` measures one run's peak above such a floor.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import json
 import os
 import threading
@@ -15,21 +24,78 @@ import psutil
 import torch
 
 
+_LIBC = []
+
+
+def release_freed():
+    """Collect garbage and hand the heap pages freed since back to the OS (glibc ``malloc_trim(0)``; elsewhere
+    only the collection), so that the RSS that follows counts live memory, not what a previous run freed."""
+    gc.collect()
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"))
+        except OSError:
+            _LIBC.append(None)
+    trim = getattr(_LIBC[0], "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def resident_bytes() -> int:
+    """The memory this process holds at rest: CUDA memory_allocated (after a synchronise and a collection),
+    else the RSS after ``release_freed``. Taken once the model is loaded (after a warm-up run, which is when
+    ComfyUI moves the weights to the device), it is the floor that ``peak_above`` subtracts."""
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.synchronize()
+        return int(torch.cuda.memory_allocated())
+    release_freed()
+    return int(psutil.Process(os.getpid()).memory_info().rss)
+
+
+def _reset_hwm() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm_hwm() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class PeakMemory:
-    def __init__(self, interval: float = 0.005, pid: int | None = None):
-        self.interval, self.pid = interval, pid
+    """``peak_bytes``: the absolute peak while the block runs; ``delta_bytes``: that peak above ``base`` (given:
+    a floor such as ``resident_bytes()``; by default ``start_bytes``, the memory just before the block)."""
+
+    def __init__(self, interval: float = 0.005, pid: int | None = None, base: int | None = None):
+        self.interval, self.pid, self.floor = interval, pid, base
         self.cuda = pid is None and torch.cuda.is_available()   # another process: its resident memory only
         self.peak_bytes = 0
+        self.hwm = False
 
     def __enter__(self):
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
+            self.start_bytes = torch.cuda.memory_allocated()
+            self.base = self.start_bytes if self.floor is None else self.floor
             return self
         self.proc = psutil.Process(self.pid or os.getpid())
-        self.base = self.proc.memory_info().rss
-        self.peak = self.base
+        self.start_bytes = self.proc.memory_info().rss
+        self.base = self.start_bytes if self.floor is None else self.floor
+        self.peak = self.start_bytes
+        self.hwm = self.pid is None and _reset_hwm()     # the kernel's exact peak of this process
         self.stop = threading.Event()
 
         def watch():
@@ -56,20 +122,43 @@ class PeakMemory:
                 self.peak = max(self.peak, self.proc.memory_info().rss)
             except psutil.Error:
                 pass
+            if self.hwm:
+                self.peak = max(self.peak, _vm_hwm())
             self.peak_bytes = self.peak
             self.delta_bytes = self.peak - self.base
         return False
 
 
-def load_sample(ckpt: str, size: int, sample: str, inference: bool = True):
-    """Host nodes, a checkpoint from ComfyUI's checkpoints folder, a text encoder and a DragBench sample
-    VAE-encoded at size x size -> ``(host, model, encode, latent)``. ``inference``: load under
-    ``torch.inference_mode`` as ComfyUI's executor does; False for code that backpropagates through the
-    weights (the null-text anchor)."""
-    import contextlib
-
+def sample_image(sample: str, size: int) -> torch.Tensor:
+    """A DragBench (original_image.png) or Drag100 (original.jpg) sample of data/ as an IMAGE [1, size, size, 3]."""
     import numpy as np
     from PIL import Image
+
+    import harness
+    folder = os.path.join(harness.DATA, sample)
+    name = next((n for n in ("original_image.png", "original.jpg") if os.path.isfile(os.path.join(folder, n))), None)
+    if name is None:
+        raise SystemExit(f"no original_image.png or original.jpg in {folder}")
+    img = Image.open(os.path.join(folder, name)).convert("RGB").resize((size, size), Image.LANCZOS)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+
+
+def sample_mask(sample: str, size: int) -> torch.Tensor:
+    """The sample's mask.png as a MASK [1, size, size] of 0/1 (nearest resampling, as the sample loader node)."""
+    import numpy as np
+    from PIL import Image
+
+    import harness
+    m = Image.open(os.path.join(harness.DATA, sample, "mask.png")).convert("L").resize((size, size), Image.NEAREST)
+    return torch.from_numpy((np.asarray(m, dtype=np.float32) / 255.0 > 0.5).astype(np.float32))[None]
+
+
+def load_sample(ckpt: str, size: int, sample: str, inference: bool = True, with_vae: bool = False):
+    """Host nodes, a checkpoint from ComfyUI's checkpoints folder, a text encoder and a DragBench sample
+    VAE-encoded at size x size -> ``(host, model, encode, latent)`` (``with_vae``: and the VAE, last).
+    ``inference``: load under ``torch.inference_mode`` as ComfyUI's executor does; False for code that
+    backpropagates through the weights (the null-text anchor)."""
+    import contextlib
 
     import harness  # tests/, on sys.path in every benchmark
     host = harness.load_host()
@@ -81,17 +170,14 @@ def load_sample(ckpt: str, size: int, sample: str, inference: bool = True):
         raise SystemExit(f"no checkpoint {ckpt!r} in ComfyUI's checkpoints folder")
     with torch.inference_mode() if inference else contextlib.nullcontext():
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
-    img = Image.open(os.path.join(harness.DATA, sample, "original_image.png")).convert("RGB")
-    img = img.resize((size, size), Image.LANCZOS)
-    pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
     with torch.inference_mode():
-        latent = {"samples": host.VAEEncode().encode(vae, pixels)[0]["samples"].clone()}
+        latent = {"samples": host.VAEEncode().encode(vae, sample_image(sample, size))[0]["samples"].clone()}
 
     def encode(text: str):
         with torch.inference_mode() if inference else contextlib.nullcontext():
             return host.CLIPTextEncode().encode(clip, text)[0]
 
-    return host, model, encode, latent
+    return (host, model, encode, latent, vae) if with_vae else (host, model, encode, latent)
 
 
 def timed(fn, repeat: int = 1, warmup: bool = True):
@@ -110,6 +196,19 @@ def timed(fn, repeat: int = 1, warmup: bool = True):
             times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2], mem, result
+
+
+def peak_above(fn, floor: int) -> PeakMemory:
+    """One run of ``fn`` on its own, its peak memory above ``floor`` (``resident_bytes()`` taken once the model
+    is resident): freed heap pages are handed back first, so that the peak is what this run needs, not what an
+    earlier, bigger run left in the allocator. Not timed: the trim would make the run pay page faults that a
+    warm process does not."""
+    release_freed()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with PeakMemory(base=floor) as mem:
+        fn()
+    return mem
 
 
 def interleaved(fns, repeat: int, warmup: int = 1) -> list:
@@ -131,7 +230,8 @@ def row(id: str, what: str, value: float, goal: float, unit: str = "x", seconds:
         r["seconds"] = round(float(seconds), 3)
     if mem is not None:
         r["peak_mem_mb"] = round(mem.delta_bytes / 2**20, 1)
-        r["mem_kind"] = "cuda max_memory_allocated" if mem.cuda else "peak RSS delta"
+        r["mem_kind"] = ("cuda max_memory_allocated" if mem.cuda else "peak RSS") + (
+            " above the resident floor" if mem.floor is not None else " delta")
     return r
 
 
