@@ -151,7 +151,8 @@ def test_samplers_without_a_plain_euler_step_are_refused(kit, name):
     import comfy.samplers
     import comfy_extras.nodes_custom_sampler as ncs
     g = _move_guider(kit)
-    with pytest.raises(ValueError, match=f"Dual-Branch Guider: input 'sampler': the sampler '{name}' is not supported"
+    step = name.replace("_", "_?")    # named by its step function: uni_pc runs sample_unipc
+    with pytest.raises(ValueError, match=f"Dual-Branch Guider: input 'sampler': the sampler '{step}' is not supported"
                                          f".*use one of euler, ddim"):
         with torch.inference_mode():
             harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_EmptyNoise(), guider=g,
