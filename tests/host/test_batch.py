@@ -123,3 +123,19 @@ def test_dual_branch_guided_sampler(kit, task):
     pair = _dual(kit, kit["pair"], task, **kw)
     singles = [_dual(kit, z, task, **kw) for z in kit["singles"]]
     _same(pair, singles, f"Dual-Branch Guided Sampler ({task})")
+
+
+def test_dual_branch_guider_through_sampler_custom_advanced(kit):
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as ncs
+
+    def run(latent):
+        inv, z_T, sigmas = _pni(kit, latent)
+        (g,) = harness.run_node("DragFusionDualBranchGuider", model=kit["model"], inversion=inv, target=kit["pos"],
+                                task="drag", points=_drag_points(), w_edit=4.0, w_share=6.0, energy_scale=0.25,
+                                guidance_fraction=0.6, kv_replace=True).result
+        return harness.run_node("SamplerCustomAdvanced", noise=ncs.Noise_EmptyNoise(), guider=g,
+                                sampler=comfy.samplers.sampler_object("euler"), sigmas=sigmas,
+                                latent_image=z_T).result[0]["samples"]
+
+    _same(run(kit["pair"]), [run(z) for z in kit["singles"]], "Dual-Branch Guider")
