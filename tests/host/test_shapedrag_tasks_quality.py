@@ -4,7 +4,8 @@ defines the task (MD for the drags, IoU for move / resize / paste / landmarks, P
 region for inpaint / outpaint / style, hue distance for appearance / the PNI prompt edit).
 
 Runs in the real host, in-process, through the pack's own nodes (bench/shapedrag/task_eval.py) on the
-trained ShapeDrag model at 128 px: N_SAMPLES scenes per task of seed 0, the dual-branch and PNI methods at
+trained ShapeDrag model at 128 px: N_SAMPLES scenes per task of each of SEEDS (2 and 3, which no sweep reads:
+bench/shapedrag/README.md, "Seed discipline"), the dual-branch and PNI methods at
 CI_DUAL_STEPS DDIM steps (the example workflows use 20) to keep the file fast. Where today's default does
 not do the edit, its test is a strict xfail whose reason holds the measured figures: it fails the day the
 default starts to pass, and must then become a real assertion. Skipped only without the trained weights.
@@ -22,8 +23,9 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 from shapedrag import evaluate, task_eval, task_metrics, tasks  # noqa: E402
 
 N_SAMPLES = 2
+SEEDS = (2, 3)        # CI's seeds; sweeps read 0-1 only, a note's held-out table another seed
 CI_DUAL_STEPS = 20    # as the example workflows (the dual-branch defaults were measured there; at 10 steps fewer steps are guided)
-# Every task runs in CI (about 235 s for the file on 2 cores, the dual-branch and PNI tasks most of it).
+# Every task runs in CI (2 seeds x 2 scenes; about 10 min for the file on 2 quiet cores, the dual-branch and PNI tasks most of it).
 # DRAGFUSION_GT_FAST=1 keeps only the AttentionDrag tasks (about 50 s) for a quick local run: the others
 # are then not collected at all (never skipped).
 FAST_TASKS = ("drag", "drag_multi", "drag_two", "inpaint")
@@ -33,25 +35,28 @@ METHODS = ("none", "naive", "default")
 # (task_metrics.DEFINING: px of MD, IoU, dB of PSNR inside the edited region, degrees of hue)
 MARGIN = dict(drag=2.0, drag_multi=2.0, drag_two=2.0, move=0.05, resize=0.05, paste=0.05, landmarks=0.05,
               inpaint=2.0, outpaint=2.0, style=2.0, appearance=10.0, prompt=10.0)
-_FIG = "seed 0, 2 scenes, dual-branch / PNI at 20 steps"
-# today's defaults that do not do the edit (figures: this file's configuration, {_FIG}); on seed 1 (the check)
-# every one of these fails too. The drags left this list with [attentiondrag-fidelity]: rigid movement, AutoMask
-# tau 4, KV on the capture layers at the exact step: MD 3.23 / 4.34 / 3.20 px against copy-paste 7.03 / 12.01 / 10.91
-# (seed 0); seed 1 (the check): 2.36 / 3.48 / 7.07 px against 9.67 / 19.59 / 12.13.
-# move, resize and landmarks left it with [versafusion-fidelity] (normalised x0-only energy, region split, removal
-# terms, a no-KV feature pass, guidance on 80 % of the steps): move IoU 0.84 against copy-paste 0.51 and no edit
-# 0.42, resize 0.89 against 0.84 / 0.63, landmarks 0.87 against 0.82 / 0.82 (seed 0); seed 1 (the check, 2 scenes):
-# move 0.849 against 0.588 / 0.238, resize 0.822 against 0.563 / 0.702, landmarks 0.642 against 0.622 / 0.618 (better,
-# but by less than the margin)
+_FIG = "seeds 2 + 3, 2 scenes each, dual-branch / PNI at 20 steps"
+# today's defaults that do not do the edit, with their figures in this file's configuration ({_FIG}). Before the
+# seed rule the margins were checked on seed 0 (and seed 1); since [defects] CI asserts on seeds 2-3 only and no
+# margin was loosened: the tasks that win only there or only by a weaker rule are strict xfails now.
+# inpaint and appearance used to be asserted only "not worse than naive by the margin"; they do not beat it.
 XFAIL = {
-    "paste": f"dual-branch paste: IoU 0.84 vs pixel paste 1.00 (the ground truth's own construction), no edit 0.50 "
-             f"({_FIG}); seed 1: 0.833 vs 0.996 / 0.493",
-    "outpaint": f"dual-branch outpaint: PSNR in the new area 18.71 dB vs edge replication 17.85, grey canvas 17.87 "
-                f"({_FIG}): better, not by the 2 dB margin; seed 1: 20.45 vs 19.77 / 15.08",
-    "style": f"dual-branch style: background PSNR against the GT 15.18 dB vs the reference with pasted objects 12.93, "
-             f"no edit 13.79 ({_FIG}): better, not by the 2 dB margin; seed 1: 14.97 vs 13.09 / 13.90, objects lost",
-    "prompt": f"PNI prompt edit with the captionless ShapeDrag model does not recolour: hue error 121.9 deg vs no edit "
-              f"122.0, prompt swap 122.0 ({_FIG})",
+    "resize": f"dual-branch resize: IoU 0.724 vs latent rescale 0.675, no edit 0.611 ({_FIG}): better, not by the "
+              f"0.05 margin; held-out seed 7 (8 scenes): 0.786 vs 0.719 / 0.659",
+    "paste": f"dual-branch paste: IoU 0.886 vs pixel paste 0.997 (the ground truth's own construction), no edit 0.486 "
+             f"({_FIG}); seed 7: 0.823 vs 0.992 / 0.474",
+    "appearance": f"dual-branch appearance: hue error 2.49 deg vs pixel paste 1.64 (exact by construction), no edit "
+                  f"135.62 ({_FIG}); seed 7: 25.04 vs 4.38 / 76.63",
+    "outpaint": f"dual-branch outpaint: PSNR in the new area 16.89 dB vs edge replication 15.05, no edit 15.47 "
+                f"({_FIG}): better, not by the 2 dB margin; seed 7: 16.70 vs 17.26 / 15.42",
+    "inpaint": f"AttentionDrag inpainting: PSNR in the hole 34.85 dB vs ring-mean fill 36.23, no edit 12.29 ({_FIG})",
+    "style": f"dual-branch style: PSNR against the GT 15.00 dB vs the reference with pasted objects 10.81, no edit "
+             f"14.13 ({_FIG}): better, not by the 2 dB margin, 0.25 objects lost per scene; seed 7: 15.33 vs 12.94 / "
+             f"14.93, 0.38 lost (before [defects]: 15.04, 0.88 lost)",
+    "landmarks": f"dual-branch landmarks: IoU 0.784 vs no edit 0.748, copy-paste 0.688 ({_FIG}): better, not by the "
+                 f"0.05 margin; seed 7: 0.665 vs 0.735 / 0.649 (worse than no edit)",
+    "prompt": f"PNI prompt edit with the captionless ShapeDrag model does not recolour: hue error 105.59 deg vs no edit "
+              f"105.84, prompt swap 105.66 ({_FIG})",
 }
 
 needs_weights = pytest.mark.skipif(
@@ -61,17 +66,12 @@ needs_weights = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def report(host):
-    return task_eval.evaluate_tasks(CI_TASKS, n=N_SAMPLES, seed=0, methods=METHODS, out_dir=None, progress=False,
-                                    dual_steps=CI_DUAL_STEPS)
-
-
-# where the seed-1 check contradicted the seed-0 margin over the naive baseline, the test asks only that the
-# default is not worse than naive by more than the margin (and still beats no edit by it):
-# inpaint (KV on since [attentiondrag-fidelity]): seed 0: default 29.37 dB, ring-mean fill 19.48, no edit 19.17;
-# seed 1: 25.38, 26.40, 20.13 (KV off: 28.33 and 25.01)
-# appearance (since [versafusion-fidelity]): the naive baseline pastes the reference's pixels, whose hue is exact by
-# construction; seed 0: default 2.37 deg, pixel paste 0.10, no edit 115.22; seed 1: 5.37, 0.21, 86.81
-NAIVE_NOT_WORSE = ("inpaint", "appearance")
+    reports = [task_eval.evaluate_tasks(CI_TASKS, n=N_SAMPLES, seed=seed, methods=METHODS, out_dir=None,
+                                        progress=False, dual_steps=CI_DUAL_STEPS) for seed in SEEDS]
+    samples = {t: {m: [r for rep in reports for r in rep["samples"][t][m]] for m in METHODS} for t in CI_TASKS}
+    summary = {t: {m: task_metrics.summarize(rows) for m, rows in ms.items()} for t, ms in samples.items()}
+    return dict(reports[0], n=N_SAMPLES * len(SEEDS), seed="+".join(map(str, SEEDS)), samples=samples,
+                summary=summary)
 
 
 def beats(task: str, summary: dict) -> tuple[bool, str]:
@@ -79,8 +79,7 @@ def beats(task: str, summary: dict) -> tuple[bool, str]:
     s = summary[task]
     d, n0, nv = s["default"].get(key, math.nan), s["none"].get(key, math.nan), s["naive"].get(key, math.nan)
     m = MARGIN[task]
-    mv = -m if task in NAIVE_NOT_WORSE else m
-    ok = (d > n0 + m and d > nv + mv) if higher else (d < n0 - m and d < nv - mv)
+    ok = (d > n0 + m and d > nv + m) if higher else (d < n0 - m and d < nv - m)
     return bool(ok), f"{task} {key}: default {d:.2f}, none {n0:.2f}, naive {nv:.2f} (margin {m})"
 
 
@@ -92,7 +91,7 @@ def test_every_task_runs_and_the_instrument_is_sane(report):
     s = report["summary"]
     for t in CI_TASKS:
         for m in METHODS:
-            assert s[t][m]["n"] == N_SAMPLES, (t, m)
+            assert s[t][m]["n"] == N_SAMPLES * len(SEEDS), (t, m)
             assert np.isfinite(s[t][m]["psnr_out"]), (t, m)
         assert s[t]["none"]["psnr_out"] > 18.0, (t, s[t]["none"])
     for t in ("drag", "drag_two", "move"):
