@@ -63,7 +63,8 @@ def _reset_hwm() -> bool:
         return False
 
 
-def _vm_hwm() -> int:
+def vm_hwm() -> int:
+    """The process's peak RSS since the last reset (VmHWM) in bytes, 0 where /proc is missing."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -123,7 +124,7 @@ class PeakMemory:
             except psutil.Error:
                 pass
             if self.hwm:
-                self.peak = max(self.peak, _vm_hwm())
+                self.peak = max(self.peak, vm_hwm())
             self.peak_bytes = self.peak
             self.delta_bytes = self.peak - self.base
         return False

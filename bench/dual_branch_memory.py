@@ -49,6 +49,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from _common import vm_hwm  # noqa: E402
 from capture_layout import SD15_UNET  # noqa: E402
 
 GOAL_GB = 8.0
@@ -151,18 +152,6 @@ class RSSWatch:
     def peak(self, t0: float = float("-inf"), t1: float = float("inf")) -> int:
         inside = [b for t, b in self.samples if t0 <= t <= t1]
         return max(inside) if inside else 0
-
-
-def vm_hwm() -> int:
-    """The process's lifetime peak RSS (VmHWM) in bytes, 0 where /proc is missing."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def crossed_weight_bytes(patcher, detach_from) -> int:

@@ -38,3 +38,13 @@ def data_dir():
     """The repository's own samples (data/): always present, never skipped."""
     assert os.path.isdir(harness.DATA), f"the repository's data folder is missing: {harness.DATA}"
     return harness.DATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """2 shared cores: one intra-op thread is many times faster than two fighting for them (use it per module)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,11 +17,8 @@ ATOL = 2e-4
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test of this module on one intra-op thread (tests/conftest.py)."""
 
 
 def _image(seed: int) -> torch.Tensor:

@@ -22,12 +22,8 @@ GUIDER = "DragFusionDualBranchGuider"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is many times faster than two fighting for them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test of this module on one intra-op thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
