@@ -136,8 +136,12 @@ def check_kv_masks(diffusion_model, layers: list, latent_hw: tuple, masks: dict)
     """Place each KV mask (name -> [h, w] mask or None) on the token grid of every KV layer before sampling, so a
     mask that cannot be placed is a clear error up front, not halfway through the run."""
     levels = dict(self_attention_layers(diffusion_model))
+    checked = set()
     for key in layers:
         h, w = grid_at_level(latent_hw, levels[key])
+        if (h, w) in checked:   # layers share a few grids: place each mask once per grid
+            continue
+        checked.add((h, w))
         for name, mask in masks.items():
             if mask is None:
                 continue
